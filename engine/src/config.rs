@@ -1,0 +1,187 @@
+//! Model hyper-parameters (config.json, or GGUF metadata) and generation defaults
+//! (generation_config.json).
+
+use crate::error::{Error, Result};
+use serde_json::Value;
+use std::path::Path;
+
+/// The shapes and constants of a Qwen2-family decoder.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub architecture: String,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub rms_eps: f32,
+    pub rope_theta: f64,
+    pub max_position: usize,
+    pub tie_embeddings: bool,
+    pub bos: Option<u32>,
+    /// Stop ids from config.json (generation_config.json may add more).
+    pub eos: Vec<u32>,
+}
+
+pub(crate) fn read_json(path: &Path) -> Result<Value> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::format(path, format!("invalid JSON: {e}")))
+}
+
+/// Ids from a field that may be a number, a list of numbers, or null/absent.
+pub(crate) fn id_list(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
+        _ => vec![],
+    }
+}
+
+impl ModelConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let v = read_json(path)?;
+        Self::from_json(&v).map_err(|msg| Error::format(path, msg))
+    }
+
+    pub fn from_json(v: &Value) -> std::result::Result<Self, String> {
+        let arch = v
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(|a| a.as_str())
+            .map(str::to_string)
+            .or_else(|| {
+                v.get("model_type")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            })
+            .ok_or("neither 'architectures' nor 'model_type' is set")?;
+        if arch != "Qwen2ForCausalLM" && arch != "qwen2" {
+            return Err(format!(
+                "architecture '{arch}' is not supported (supported: Qwen2ForCausalLM, model_type qwen2)"
+            ));
+        }
+        let req = |k: &str| -> std::result::Result<usize, String> {
+            v.get(k)
+                .and_then(|x| x.as_u64())
+                .map(|x| x as usize)
+                .filter(|&x| x > 0)
+                .ok_or(format!("field '{k}' is missing or not a positive integer"))
+        };
+        let hidden = req("hidden_size")?;
+        let n_heads = req("num_attention_heads")?;
+        let n_kv_heads = v
+            .get("num_key_value_heads")
+            .and_then(|x| x.as_u64())
+            .map(|x| x as usize)
+            .unwrap_or(n_heads);
+        let head_dim = match v.get("head_dim").and_then(|x| x.as_u64()) {
+            Some(h) => h as usize,
+            None => hidden / n_heads,
+        };
+        let rope_theta = v
+            .get("rope_theta")
+            .and_then(|x| x.as_f64())
+            .or_else(|| {
+                v.get("rope_parameters")
+                    .and_then(|r| r.get("rope_theta"))
+                    .and_then(|x| x.as_f64())
+            })
+            .unwrap_or(10000.0);
+        let cfg = ModelConfig {
+            architecture: arch,
+            hidden,
+            intermediate: req("intermediate_size")?,
+            n_layers: req("num_hidden_layers")?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            vocab: req("vocab_size")?,
+            rms_eps: v
+                .get("rms_norm_eps")
+                .and_then(|x| x.as_f64())
+                .unwrap_or(1e-6) as f32,
+            rope_theta,
+            max_position: v
+                .get("max_position_embeddings")
+                .and_then(|x| x.as_u64())
+                .map(|x| x as usize)
+                .unwrap_or(32768),
+            tie_embeddings: v
+                .get("tie_word_embeddings")
+                .and_then(|x| x.as_bool())
+                .unwrap_or(false),
+            bos: v
+                .get("bos_token_id")
+                .and_then(|x| x.as_u64())
+                .map(|x| x as u32),
+            eos: id_list(v.get("eos_token_id")),
+        };
+        if let Some(rs) = v.get("rope_scaling").filter(|r| !r.is_null()) {
+            let kind = rs
+                .get("rope_type")
+                .or(rs.get("type"))
+                .and_then(|t| t.as_str())
+                .unwrap_or("?");
+            if kind != "default" {
+                return Err(format!("rope_scaling type '{kind}' is not supported"));
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.n_heads % self.n_kv_heads != 0 {
+            return Err(format!(
+                "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+                self.n_heads, self.n_kv_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 || self.head_dim > 256 {
+            return Err(format!(
+                "head_dim {} must be even and at most 256",
+                self.head_dim
+            ));
+        }
+        Ok(())
+    }
+
+    /// KV cache bytes per token (f32 K and V, all layers).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        2 * self.n_layers * self.n_kv_heads * self.head_dim * 4
+    }
+}
+
+/// Sampling defaults and stop ids from generation_config.json.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GenerationConfig {
+    pub eos: Vec<u32>,
+    pub do_sample: Option<bool>,
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+}
+
+impl GenerationConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let v = read_json(path)?;
+        let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).map(|x| x as f32);
+        Ok(GenerationConfig {
+            eos: id_list(v.get("eos_token_id")),
+            do_sample: v.get("do_sample").and_then(|x| x.as_bool()),
+            temperature: f("temperature"),
+            top_k: v.get("top_k").and_then(|x| x.as_u64()).map(|x| x as usize),
+            top_p: f("top_p"),
+            min_p: f("min_p"),
+            repetition_penalty: f("repetition_penalty"),
+        })
+    }
+}

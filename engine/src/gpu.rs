@@ -1,0 +1,345 @@
+//! GPU context: adapter selection, device creation with the adapter's own limits, and the few buffer
+//! helpers everything else uses. No model logic lives here.
+
+use crate::error::{Error, Result};
+use wgpu::util::DeviceExt;
+
+/// Which graphics API to run on. `None` in [`GpuOptions`] means "best available": Vulkan, Metal or DX12,
+/// and GL only as a last resort.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    Vulkan,
+    Metal,
+    Dx12,
+    Gl,
+}
+
+impl BackendChoice {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "vulkan" | "vk" => Ok(Self::Vulkan),
+            "metal" | "mtl" => Ok(Self::Metal),
+            "dx12" | "d3d12" => Ok(Self::Dx12),
+            "gl" | "gles" | "opengl" => Ok(Self::Gl),
+            other => Err(Error::Input(format!(
+                "--backend: unknown backend '{other}' (expected vulkan, metal, dx12 or gl)"
+            ))),
+        }
+    }
+    fn backends(self) -> wgpu::Backends {
+        match self {
+            Self::Vulkan => wgpu::Backends::VULKAN,
+            Self::Metal => wgpu::Backends::METAL,
+            Self::Dx12 => wgpu::Backends::DX12,
+            Self::Gl => wgpu::Backends::GL,
+        }
+    }
+}
+
+/// How to pick the adapter.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// Restrict to one backend. Without it, WGPU_BACKEND is honoured, else all native backends are tried.
+    pub backend: Option<BackendChoice>,
+    /// Index into the list that `glint devices` prints (for the chosen backends).
+    pub adapter: Option<usize>,
+}
+
+/// What a kernel needs to know about the device to pick its shape.
+#[derive(Clone, Debug)]
+pub struct DeviceCaps {
+    /// SUBGROUP is enabled and the subgroup size is fixed (min == max), so a row reduction can be one
+    /// subgroup wide without barriers.
+    pub subgroup_size: Option<u32>,
+    pub shader_f16: bool,
+    pub timestamps: bool,
+    pub max_storage_binding: u64,
+    pub max_buffer_size: u64,
+    pub max_workgroup_invocations: u32,
+    pub max_storage_buffers_per_stage: u32,
+}
+
+pub struct Gpu {
+    pub adapter: wgpu::Adapter,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub caps: DeviceCaps,
+}
+
+/// One adapter as `glint devices` reports it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AdapterReport {
+    pub index: usize,
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub vendor: u32,
+    pub device: u32,
+    pub subgroup_min_size: u32,
+    pub subgroup_max_size: u32,
+    pub features: Vec<String>,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_storage_buffers_per_shader_stage: u32,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub max_compute_workgroups_per_dimension: u32,
+}
+
+fn instance(backends: wgpu::Backends) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = backends;
+    wgpu::Instance::new(desc)
+}
+
+fn chosen_backends(opts: &GpuOptions) -> wgpu::Backends {
+    match opts.backend {
+        Some(b) => b.backends(),
+        None => wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()),
+    }
+}
+
+/// All adapters on the chosen backends, native APIs first and GL last, in a stable order.
+fn adapters(opts: &GpuOptions) -> Vec<wgpu::Adapter> {
+    let inst = instance(chosen_backends(opts));
+    let mut list = pollster::block_on(inst.enumerate_adapters(chosen_backends(opts)));
+    list.sort_by_key(|a| {
+        let i = a.get_info();
+        let backend_rank = match i.backend {
+            wgpu::Backend::Gl => 2,
+            wgpu::Backend::Noop => 3,
+            _ => 0,
+        };
+        let type_rank = match i.device_type {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Cpu => 3,
+            wgpu::DeviceType::Other => 4,
+        };
+        (backend_rank, type_rank)
+    });
+    list.retain(|a| a.get_info().backend != wgpu::Backend::Noop);
+    list
+}
+
+pub fn list_adapters(opts: &GpuOptions) -> Vec<AdapterReport> {
+    adapters(opts)
+        .iter()
+        .enumerate()
+        .map(|(index, a)| {
+            let i = a.get_info();
+            let l = a.limits();
+            let f = a.features();
+            let mut features: Vec<String> = [
+                (wgpu::Features::SHADER_F16, "SHADER_F16"),
+                (wgpu::Features::SUBGROUP, "SUBGROUP"),
+                (wgpu::Features::TIMESTAMP_QUERY, "TIMESTAMP_QUERY"),
+                (
+                    wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
+                    "TIMESTAMP_QUERY_INSIDE_PASSES",
+                ),
+                (wgpu::Features::PIPELINE_CACHE, "PIPELINE_CACHE"),
+                (wgpu::Features::IMMEDIATES, "IMMEDIATES"),
+            ]
+            .iter()
+            .filter(|(flag, _)| f.contains(*flag))
+            .map(|(_, n)| n.to_string())
+            .collect();
+            features.sort();
+            AdapterReport {
+                index,
+                name: i.name.clone(),
+                backend: format!("{:?}", i.backend),
+                device_type: format!("{:?}", i.device_type),
+                driver: i.driver.clone(),
+                driver_info: i.driver_info.clone(),
+                vendor: i.vendor,
+                device: i.device,
+                subgroup_min_size: i.subgroup_min_size,
+                subgroup_max_size: i.subgroup_max_size,
+                features,
+                max_storage_buffer_binding_size: l.max_storage_buffer_binding_size as u64,
+                max_buffer_size: l.max_buffer_size,
+                max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
+                max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
+                max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
+                max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
+            }
+        })
+        .collect()
+}
+
+impl Gpu {
+    /// Open the adapter the options name (or the best one) with every limit the adapter offers.
+    pub fn new(opts: &GpuOptions) -> Result<Self> {
+        let list = adapters(opts);
+        if list.is_empty() {
+            let which = match opts.backend {
+                Some(b) => format!("{b:?}"),
+                None => "any backend (Vulkan, Metal, DX12, GL)".into(),
+            };
+            return Err(Error::Gpu(format!(
+                "no GPU adapter found on {which}. Install a GPU driver (on Linux without a GPU, \
+                 Mesa's software Vulkan device: apt-get install mesa-vulkan-drivers libvulkan1), \
+                 or pick another --backend"
+            )));
+        }
+        let n = list.len();
+        let adapter = match opts.adapter {
+            Some(i) if i >= n => {
+                return Err(Error::Input(format!(
+                    "--adapter {i}: only {n} adapter(s) found (0..{}); see `glint devices`",
+                    n - 1
+                )))
+            }
+            Some(i) => list.into_iter().nth(i).expect("index checked"),
+            None => list.into_iter().next().expect("list not empty"),
+        };
+        let info = adapter.get_info();
+        let wanted = wgpu::Features::SHADER_F16
+            | wgpu::Features::SUBGROUP
+            | wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+        let features = adapter.features() & wanted;
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("glint"),
+            required_features: features,
+            required_limits: limits.clone(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Gpu(format!("request_device on '{}': {e}", info.name)))?;
+        let fixed_subgroup = features.contains(wgpu::Features::SUBGROUP)
+            && info.subgroup_min_size == info.subgroup_max_size
+            && info.subgroup_min_size >= 4;
+        let caps = DeviceCaps {
+            subgroup_size: fixed_subgroup.then_some(info.subgroup_min_size),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            max_storage_binding: limits.max_storage_buffer_binding_size as u64,
+            max_buffer_size: limits.max_buffer_size,
+            max_workgroup_invocations: limits.max_compute_invocations_per_workgroup,
+            max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
+        };
+        log::info!(
+            "GPU: {} ({:?}, {:?}), subgroup {:?}, max binding {} MiB",
+            info.name,
+            info.backend,
+            info.device_type,
+            caps.subgroup_size,
+            caps.max_storage_binding >> 20
+        );
+        Ok(Gpu {
+            adapter,
+            device,
+            queue,
+            info,
+            caps,
+        })
+    }
+
+    /// A one-line description: "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu)".
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?})",
+            self.info.name, self.info.backend, self.info.device_type
+        )
+    }
+
+    /// A storage buffer holding `data`, checked against the device's binding limit.
+    pub fn storage_init(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
+        self.check_binding(label, data.len() as u64)?;
+        Ok(self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: data,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+            }))
+    }
+
+    /// A zeroed storage buffer of `size` bytes.
+    pub fn storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
+        self.check_binding(label, size)?;
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size.max(16),
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_DST
+                | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        }))
+    }
+
+    pub fn uniform_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: data,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            })
+    }
+
+    pub fn readback(&self, label: &str, size: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    fn check_binding(&self, label: &str, size: u64) -> Result<()> {
+        if size > self.caps.max_storage_binding {
+            return Err(Error::Gpu(format!(
+                "buffer '{label}' is {size} bytes, over the device's max_storage_buffer_binding_size \
+                 of {} bytes ({})",
+                self.caps.max_storage_binding,
+                self.info.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Map a MAP_READ buffer after the submissions that fill it, and copy `size` bytes out.
+    pub fn read_mapped(&self, buf: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        let slice = buf.slice(0..size);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Gpu(format!("poll: {e}")))?;
+        rx.recv()
+            .map_err(|_| Error::Gpu("map_async callback never ran".into()))?
+            .map_err(|e| Error::Gpu(format!("map_async: {e}")))?;
+        let out = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Gpu(format!("get_mapped_range: {e}")))?
+            .to_vec();
+        buf.unmap();
+        Ok(out)
+    }
+
+    /// Copy `size` bytes of a storage buffer back to the CPU (tests, debugging, all-logits mode).
+    pub fn read_buffer(&self, src: &wgpu::Buffer, offset: u64, size: u64) -> Result<Vec<u8>> {
+        let rb = self.readback("readback", size);
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(src, offset, &rb, 0, size);
+        self.queue.submit([enc.finish()]);
+        self.read_mapped(&rb, size)
+    }
+
+    pub fn read_f32(&self, src: &wgpu::Buffer, offset_elems: u64, n: usize) -> Result<Vec<f32>> {
+        let bytes = self.read_buffer(src, offset_elems * 4, n as u64 * 4)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+}

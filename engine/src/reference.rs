@@ -1,0 +1,172 @@
+//! Plain-Rust CPU references of every WGSL kernel, written for clarity, not speed. The GPU tests
+//! (tests/kernels.rs) and the benchmarks' validate step compare against these.
+
+use crate::weights::WeightFormat;
+
+/// Decode a matrix stored in `format` (GPU layout bytes) to f32.
+pub fn decode_weights(format: WeightFormat, data: &[u8]) -> Vec<f32> {
+    match format {
+        WeightFormat::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        WeightFormat::F16 => data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        WeightFormat::BF16 => data
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+    }
+}
+
+/// Encode f32 values in `format` (GPU layout bytes), rounding to nearest.
+pub fn encode_weights(format: WeightFormat, v: &[f32]) -> Vec<u8> {
+    match format {
+        WeightFormat::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        WeightFormat::F16 => v
+            .iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+            .collect(),
+        WeightFormat::BF16 => v
+            .iter()
+            .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+            .collect(),
+    }
+}
+
+/// out[t, :] = table[tokens[t], :]; table [rows, cols].
+pub fn embed(table: &[f32], cols: usize, tokens: &[u32]) -> Vec<f32> {
+    tokens
+        .iter()
+        .flat_map(|&t| {
+            table[t as usize * cols..(t as usize + 1) * cols]
+                .iter()
+                .copied()
+        })
+        .collect()
+}
+
+/// y[t, i] = w[i] * x[t, i] / sqrt(mean(x[t]^2) + eps); x [n, cols].
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let cols = w.len();
+    x.chunks(cols)
+        .flat_map(|row| {
+            let ms = row.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / cols as f64;
+            let inv = 1.0 / (ms + eps as f64).sqrt();
+            row.iter()
+                .zip(w)
+                .map(move |(v, g)| (*g as f64 * (*v as f64 * inv)) as f32)
+        })
+        .collect()
+}
+
+/// y[t, n] = acc[t, n] + bias[n] + sum_k x[t, k] w[n, k]; w [rows, cols], x [n_tokens, cols].
+pub fn linear(
+    w: &[f32],
+    cols: usize,
+    x: &[f32],
+    bias: Option<&[f32]>,
+    acc: Option<&[f32]>,
+) -> Vec<f32> {
+    let rows = w.len() / cols;
+    let n_tokens = x.len() / cols;
+    let mut y = vec![0f32; n_tokens * rows];
+    for t in 0..n_tokens {
+        let xr = &x[t * cols..(t + 1) * cols];
+        for n in 0..rows {
+            let wr = &w[n * cols..(n + 1) * cols];
+            let mut s: f64 = wr.iter().zip(xr).map(|(a, b)| *a as f64 * *b as f64).sum();
+            if let Some(b) = bias {
+                s += b[n] as f64;
+            }
+            if let Some(a) = acc {
+                s += a[t * rows + n] as f64;
+            }
+            y[t * rows + n] = s as f32;
+        }
+    }
+    y
+}
+
+/// NeoX RoPE in place on x [n_tokens, n_heads * head_dim], token t at position pos0 + t.
+pub fn rope(x: &mut [f32], n_heads: usize, head_dim: usize, pos0: usize, theta: f64) {
+    let half = head_dim / 2;
+    for (t, row) in x.chunks_mut(n_heads * head_dim).enumerate() {
+        let pos = (pos0 + t) as f64;
+        for h in 0..n_heads {
+            for i in 0..half {
+                let a = pos * theta.powf(-(2.0 * i as f64) / head_dim as f64);
+                let (s, c) = a.sin_cos();
+                let (i0, i1) = (h * head_dim + i, h * head_dim + i + half);
+                let (x0, x1) = (row[i0] as f64, row[i1] as f64);
+                row[i0] = (x0 * c - x1 * s) as f32;
+                row[i1] = (x1 * c + x0 * s) as f32;
+            }
+        }
+    }
+}
+
+/// Causal GQA attention. q [n_tokens, n_heads * hd] (rotated), k / v [n_keys, n_kv_heads * hd] (k rotated),
+/// query t sits at position pos0 + t and sees keys 0 ..= pos0 + t.
+pub fn attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    n_heads: usize,
+    n_kv_heads: usize,
+    hd: usize,
+    pos0: usize,
+) -> Vec<f32> {
+    let group = n_heads / n_kv_heads;
+    let n_tokens = q.len() / (n_heads * hd);
+    let kvw = n_kv_heads * hd;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let mut out = vec![0f32; q.len()];
+    for t in 0..n_tokens {
+        for h in 0..n_heads {
+            let kvh = h / group;
+            let qv = &q[(t * n_heads + h) * hd..(t * n_heads + h + 1) * hd];
+            let n_keys = pos0 + t + 1;
+            let scores: Vec<f64> = (0..n_keys)
+                .map(|j| {
+                    qv.iter()
+                        .zip(&k[j * kvw + kvh * hd..])
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum::<f64>()
+                        * scale
+                })
+                .collect();
+            let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for d in 0..hd {
+                let o: f64 = (0..n_keys)
+                    .map(|j| e[j] * v[j * kvw + kvh * hd + d] as f64)
+                    .sum();
+                out[(t * n_heads + h) * hd + d] = (o / sum) as f32;
+            }
+        }
+    }
+    out
+}
+
+/// silu(gate) * up, elementwise.
+pub fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    gate.iter()
+        .zip(up)
+        .map(|(g, u)| (*g as f64 / (1.0 + (-*g as f64).exp()) * *u as f64) as f32)
+        .collect()
+}
+
+/// Index of the largest of logits[..n_valid], lowest index on ties, NaN skipped.
+pub fn argmax(logits: &[f32], n_valid: usize) -> u32 {
+    let mut best = (f32::NEG_INFINITY, u32::MAX);
+    for (i, &v) in logits[..n_valid].iter().enumerate() {
+        if !v.is_nan() && (v > best.0 || best.1 == u32::MAX) {
+            best = (v, i as u32);
+        }
+    }
+    best.1
+}

@@ -1,0 +1,171 @@
+//! Hugging Face safetensors weights: one `model.safetensors` or a sharded set named by
+//! `model.safetensors.index.json`, memory-mapped; tensors are looked up by their transformers names.
+
+use crate::error::{Error, Result};
+use crate::weights::{HostMatrix, WeightFormat};
+use memmap2::Mmap;
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+struct Entry {
+    file: usize,
+    dtype: safetensors::Dtype,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+pub struct SafetensorsWeights {
+    files: Vec<(PathBuf, Mmap)>,
+    index: HashMap<String, Entry>,
+}
+
+fn map(path: &Path) -> Result<Mmap> {
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: the file is opened read-only; like every memory-mapping loader we rely on it not being
+    // truncated while the model loads.
+    unsafe { Mmap::map(&f) }.map_err(|e| Error::io(path, e))
+}
+
+impl SafetensorsWeights {
+    /// Open `dir/model.safetensors`, or the shards listed in `dir/model.safetensors.index.json`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index_path = dir.join("model.safetensors.index.json");
+        let shard_paths: Vec<PathBuf> = if single.exists() {
+            vec![single]
+        } else if index_path.exists() {
+            let v = crate::config::read_json(&index_path)?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| Error::format(&index_path, "no 'weight_map' object"))?;
+            let mut names: Vec<String> = map
+                .values()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect();
+            names.sort();
+            names.dedup();
+            names.into_iter().map(|n| dir.join(n)).collect()
+        } else {
+            return Err(Error::format(
+                dir,
+                "no weights: expected model.safetensors or model.safetensors.index.json",
+            ));
+        };
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        for (i, path) in shard_paths.into_iter().enumerate() {
+            let mmap = map(&path)?;
+            let (header_len, meta) =
+                safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| {
+                    Error::format(
+                        &path,
+                        format!("not a valid safetensors file ({e}); truncated or corrupt?"),
+                    )
+                })?;
+            let base = 8 + header_len;
+            for (name, info) in meta.tensors() {
+                let (s, e) = info.data_offsets;
+                index.insert(
+                    name,
+                    Entry {
+                        file: i,
+                        dtype: info.dtype,
+                        shape: info.shape.clone(),
+                        start: base + s,
+                        end: base + e,
+                    },
+                );
+            }
+            files.push((path, mmap));
+        }
+        Ok(SafetensorsWeights { files, index })
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.index.get(name).ok_or_else(|| {
+            let path = &self.files.first().map(|f| f.0.clone()).unwrap_or_default();
+            Error::format(path, format!("tensor '{name}' is missing"))
+        })
+    }
+
+    fn check_shape(&self, name: &str, e: &Entry, want: &[usize]) -> Result<()> {
+        if e.shape != want {
+            return Err(Error::format(
+                &self.files[e.file].0,
+                format!(
+                    "tensor '{name}' has shape {:?}, config.json implies {want:?}",
+                    e.shape
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn bytes(&self, e: &Entry) -> &[u8] {
+        &self.files[e.file].1[e.start..e.end]
+    }
+
+    /// A [rows, cols] matrix in its stored float format (bf16, f16 or f32), borrowed from the map.
+    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<HostMatrix<'_>> {
+        let e = self.entry(name)?;
+        self.check_shape(name, e, &[rows, cols])?;
+        let format = match e.dtype {
+            safetensors::Dtype::F32 => WeightFormat::F32,
+            safetensors::Dtype::F16 => WeightFormat::F16,
+            safetensors::Dtype::BF16 => WeightFormat::BF16,
+            other => {
+                return Err(Error::format(
+                    &self.files[e.file].0,
+                    format!("tensor '{name}' has dtype {other:?}; supported: BF16, F16, F32"),
+                ))
+            }
+        };
+        Ok(HostMatrix {
+            name: name.to_string(),
+            format,
+            rows,
+            cols,
+            data: Cow::Borrowed(self.bytes(e)),
+        })
+    }
+
+    /// A vector (norm weight or bias) of `len` elements, converted to f32.
+    pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let e = self.entry(name)?;
+        self.check_shape(name, e, &[len])?;
+        let b = self.bytes(e);
+        let out = match e.dtype {
+            safetensors::Dtype::F32 => b
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            safetensors::Dtype::F16 => b
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            safetensors::Dtype::BF16 => b
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(Error::format(
+                    &self.files[e.file].0,
+                    format!("tensor '{name}' has dtype {other:?}; supported: BF16, F16, F32"),
+                ))
+            }
+        };
+        Ok(out)
+    }
+
+    /// Total bytes of all tensors (for progress reporting).
+    pub fn total_bytes(&self) -> u64 {
+        self.index.values().map(|e| (e.end - e.start) as u64).sum()
+    }
+}

@@ -1,0 +1,65 @@
+// Token embedding lookup: out[t, :] = table[tokens[t], :] as f32.
+//
+// A large table is split by rows across several buffers (one binding each, under the device's
+// max_storage_buffer_binding_size); this kernel is dispatched once per chunk and each chunk writes only
+// the tokens whose id falls in its rows [row_start, row_start + rows).
+//
+// Bindings (group 0):
+//   0 p       uniform  EmbedParams
+//   1 step    uniform  Step                      (n_tokens used)
+//   2 tokens  storage  array<u32>   [n_tokens]
+//   3 table   storage  array<u32>   [rows, cols] in weight format WFMT (f32: 1 word/elem; f16, bf16: 2 elems/word)
+//   4 out     storage  array<f32>   [n_tokens, cols]
+// Workgroup: 64 invocations along cols; grid (ceil(cols / 64), n_tokens).
+// WFMT: 0 = f32, 1 = f16, 2 = bf16.
+
+struct EmbedParams {
+    cols: u32,
+    row_start: u32,
+    rows: u32,
+    _pad: u32,
+}
+
+struct Step {
+    n_tokens: u32,
+    pos0: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+override WFMT: u32 = 0u;
+
+@group(0) @binding(0) var<uniform> p: EmbedParams;
+@group(0) @binding(1) var<uniform> step: Step;
+@group(0) @binding(2) var<storage, read> tokens: array<u32>;
+@group(0) @binding(3) var<storage, read> table: array<u32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+
+fn load(i: u32) -> f32 {
+    switch WFMT {
+        case 1u: {
+            return unpack2x16float(table[i / 2u])[i % 2u];
+        }
+        case 2u: {
+            let w = table[i / 2u];
+            return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (i % 2u) == 1u));
+        }
+        default: {
+            return bitcast<f32>(table[i]);
+        }
+    }
+}
+
+@compute @workgroup_size(64)
+fn embed(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    let t = gid.y;
+    if t >= step.n_tokens || c >= p.cols {
+        return;
+    }
+    let id = tokens[t];
+    if id < p.row_start || id >= p.row_start + p.rows {
+        return;
+    }
+    out[t * p.cols + c] = load((id - p.row_start) * p.cols + c);
+}

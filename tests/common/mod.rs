@@ -1,0 +1,86 @@
+//! Shared helpers for the integration tests.
+#![allow(dead_code)]
+
+use glint::gpu::{Gpu, GpuOptions};
+use glint::graph::{Plan, StepUniform};
+use std::path::PathBuf;
+
+/// The GPU adapter for tests. Locally a missing adapter skips the test with a message on stderr; in CI
+/// (CI=true) it fails the test: GPU tests never skip silently.
+pub fn gpu() -> Option<Gpu> {
+    match Gpu::new(&GpuOptions::default()) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            let ci = std::env::var("CI")
+                .map(|v| v == "true" || v == "1")
+                .unwrap_or(false);
+            if ci {
+                panic!("CI=true and no GPU adapter: {e}. Install mesa-vulkan-drivers (lavapipe).");
+            }
+            eprintln!("SKIPPED: no GPU adapter ({e})");
+            None
+        }
+    }
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+}
+
+/// The real model's files, from the project's fetch step (scripts/fetch-model.sh), if present.
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("GLINT_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"))
+}
+
+/// Deterministic pseudo-random numbers (xorshift64*), so failures reproduce.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.max(1))
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545F4914F6CDD1D)
+    }
+    /// Uniform in [-1, 1).
+    pub fn f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.f32() * scale).collect()
+    }
+}
+
+/// Write the step uniform, run a plan over `n_tokens` tokens, wait for it.
+pub fn run(gpu: &Gpu, plan: &Plan, step: &wgpu::Buffer, n_tokens: u32, pos0: u32) {
+    gpu.queue.write_buffer(
+        step,
+        0,
+        bytemuck::bytes_of(&StepUniform {
+            n_tokens,
+            pos0,
+            _pad: [0; 2],
+        }),
+    );
+    let mut enc = gpu.device.create_command_encoder(&Default::default());
+    plan.record(&mut enc, n_tokens);
+    gpu.queue.submit([enc.finish()]);
+    gpu.device
+        .poll(wgpu::PollType::wait_indefinitely())
+        .unwrap();
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
