@@ -8,10 +8,13 @@
 //   0 p       uniform  EmbedParams
 //   1 step    uniform  Step                      (n_tokens used)
 //   2 tokens  storage  array<u32>   [n_tokens]
-//   3 table   storage  array<u32>   [rows, cols] in weight format WFMT (f32: 1 word/elem; f16, bf16: 2 elems/word)
+//   3 w       storage  array<u32>   [rows, cols] of this chunk in weight format WFMT (f32: 1 word/elem; f16,
+//                                   bf16: 2 elems/word; quantized: the GPU block layout of engine/src/quant.rs)
 //   4 out     storage  array<f32>   [n_tokens, cols]
-// Workgroup: 64 invocations along cols; grid (ceil(cols / 64), n_tokens).
-// WFMT: 0 = f32, 1 = f16, 2 = bf16.
+// Workgroup: 64 invocations along cols, one element each; grid (ceil(cols / 64), n_tokens).
+// WFMT: 0 = f32, 1 = f16, 2 = bf16, 3..10 = Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K (glint::weights::wfmt).
+// Quantized elements are decoded by dq_elem from dequant.wgsl (appended at pipeline creation), with the
+// operations of the CPU reference: the output equals the dequantized row bit for bit.
 
 struct EmbedParams {
     cols: u32,
@@ -32,20 +35,23 @@ override WFMT: u32 = 0u;
 @group(0) @binding(0) var<uniform> p: EmbedParams;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;
-@group(0) @binding(3) var<storage, read> table: array<u32>;
+@group(0) @binding(3) var<storage, read> w: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 fn load(i: u32) -> f32 {
     switch WFMT {
         case 1u: {
-            return unpack2x16float(table[i / 2u])[i % 2u];
+            return unpack2x16float(w[i / 2u])[i % 2u];
         }
         case 2u: {
-            let w = table[i / 2u];
-            return bitcast<f32>(select(w << 16u, w & 0xffff0000u, (i % 2u) == 1u));
+            let v = w[i / 2u];
+            return bitcast<f32>(select(v << 16u, v & 0xffff0000u, (i % 2u) == 1u));
+        }
+        case 0u: {
+            return bitcast<f32>(w[i]);
         }
         default: {
-            return bitcast<f32>(table[i]);
+            return dq_elem(i);
         }
     }
 }

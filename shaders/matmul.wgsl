@@ -5,13 +5,17 @@
 // Bindings (group 0):
 //   0 p     uniform  MatParams
 //   1 step  uniform  Step                   (n_tokens used)
-//   2 w     storage  array<u32>  [rows, cols] of this chunk, format WFMT (see matvec.wgsl)
+//   2 w     storage  array<u32>  [rows, cols] of this chunk, format WFMT (see matvec.wgsl; quantized: the
+//                                GPU block layout of engine/src/quant.rs)
 //   3 x     storage  array<f32>  [n_tokens, cols]
 //   4 bias  storage  array<f32>  [row_offset + rows]   (read only when p.flags & 1)
 //   5 y     storage  array<f32>  [n_tokens, y_stride]
 // Workgroup: 16 x 16 = 256 invocations computing a BM x BN = 32 x 32 tile of Y, 2 x 2 outputs each;
 // X and W tiles of BK = 32 along k are staged in workgroup memory (W decoded to f32 on the way in).
-// Grid: (ceil(rows / 32), ceil(n_tokens / 32)). WFMT: 0 = f32, 1 = f16, 2 = bf16.
+// Grid: (ceil(rows / 32), ceil(n_tokens / 32)). WFMT: 0 = f32, 1 = f16, 2 = bf16, 3..10 = Q8_0, Q4_0, Q4_1,
+// Q5_0, Q5_1, Q4_K, Q5_K, Q6_K (glint::weights::wfmt). Quantized elements are decoded one by one with
+// dq_elem from dequant.wgsl (appended at pipeline creation): simple, and the cost is shared by the 32
+// tokens of the tile.
 
 struct MatParams {
     rows: u32,
@@ -56,8 +60,11 @@ fn w_at(i: u32) -> f32 {
             let v = w[i / 2u];
             return bitcast<f32>(select(v << 16u, v & 0xffff0000u, (i % 2u) == 1u));
         }
-        default: {
+        case 0u: {
             return bitcast<f32>(w[i]);
+        }
+        default: {
+            return dq_elem(i);
         }
     }
 }

@@ -1,18 +1,22 @@
-// Matrix-vector product for decode (one token): y[row_offset + r] = acc + bias[row_offset + r] + W[r, :] . x
-// where acc is y's previous value when ACCUMULATE is set (the fused residual add) and 0 otherwise.
+// Matrix-vector product, batched over a few tokens:
+//   y[t, row_offset + r] = acc + bias[row_offset + r] + W[r, :] . x[t, :]      for r < rows, t < n_tokens
+// acc is y's previous value when bit 1 of flags is set (the fused residual add), else 0.
+// Decode runs it with TOK = 1. On devices where barriers are costly (CPU rasterisers such as lavapipe)
+// prefill runs it with TOK = 8 instead of the tiled matmul: each weight load then serves 8 tokens.
 // Float weight formats; the quantized formats live in matvec_quant.wgsl.
 //
 // Bindings (group 0):
 //   0 p     uniform  MatParams
-//   1 w     storage  array<vec4<u32>>  [rows, cols] of this chunk, format WFMT:
+//   1 step  uniform  Step                   (n_tokens)
+//   2 w     storage  array<vec4<u32>>  [rows, cols] of this chunk, format WFMT:
 //                                     f32: 1 word per element; f16 / bf16: 2 elements per word, element
 //                                     2i in the low half. Rows are read 8 elements at a time (cols % 8 == 0).
-//   2 x     storage  array<vec4<f32>>  [cols]
-//   3 bias  storage  array<f32>        [row_offset + rows]   (read only when p.flags & 1)
-//   4 y     storage  array<f32>        [row_offset + rows]
-// Workgroup: WG invocations = WG / TPR rows, TPR invocations per row (each strides over the row's 8-element
-// groups, then `row_sum` combines them). Grid: ceil(rows / (WG / TPR)) workgroups, laid out 2-D
-// (x up to 65535) when there are more. WFMT: 0 = f32, 1 = f16, 2 = bf16.
+//   3 x     storage  array<vec4<f32>>  [n_tokens, cols]
+//   4 bias  storage  array<f32>        [row_offset + rows]   (read only when p.flags & 1)
+//   5 y     storage  array<f32>        [n_tokens, y_stride]
+// Workgroup: WG invocations = WG / TPR rows x TPR invocations per row; each invocation strides over the
+// row's 8-element groups, then `row_sum` combines the TPR partial sums. Grid: (row groups, laid out 2-D
+// past 65535, ceil(n_tokens / TOK)). WFMT: 0 = f32, 1 = f16, 2 = bf16.
 // Needs `row_sum` from reduce_subgroup.wgsl or reduce_shared.wgsl, appended at pipeline creation.
 
 struct MatParams {
@@ -20,48 +24,59 @@ struct MatParams {
     cols: u32,
     row_offset: u32,
     flags: u32,      // bit 0: add bias, bit 1: accumulate into y
+    y_stride: u32,   // elements between rows (tokens) of y
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+struct Step {
+    n_tokens: u32,
+    pos0: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 override WFMT: u32 = 0u;
 override WG: u32 = 64u;
 override TPR: u32 = 8u;
+override TOK: u32 = 1u;   // tokens per workgroup, at most 8
 
 @group(0) @binding(0) var<uniform> p: MatParams;
-@group(0) @binding(1) var<storage, read> w: array<vec4<u32>>;
-@group(0) @binding(2) var<storage, read> x: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<uniform> step: Step;
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
-fn bf16_lo(v: vec4<u32>) -> vec4<f32> {
-    return bitcast<vec4<f32>>(v << vec4<u32>(16u));
+struct W8 {
+    a: vec4<f32>,   // elements 0..4 of the group
+    b: vec4<f32>,   // elements 4..8
 }
 
-fn bf16_hi(v: vec4<u32>) -> vec4<f32> {
-    return bitcast<vec4<f32>>(v & vec4<u32>(0xffff0000u));
-}
-
-// Dot product of 8 consecutive weights (group g of row r) with x[8g .. 8g + 8].
-fn dot8(r: u32, g: u32) -> f32 {
-    let xa = x[2u * g];
-    let xb = x[2u * g + 1u];
+// Weights 8g .. 8g + 8 of row r, as f32.
+fn load8(r: u32, g: u32) -> W8 {
+    var o: W8;
     switch WFMT {
         case 1u: {
             let v = w[r * (p.cols / 8u) + g];
-            let a = vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y));
-            let b = vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w));
-            return dot(a, xa) + dot(b, xb);
+            o.a = vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y));
+            o.b = vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w));
         }
         case 2u: {
             let v = w[r * (p.cols / 8u) + g];
-            let lo = bf16_lo(v);   // elements 0, 2, 4, 6
-            let hi = bf16_hi(v);   // elements 1, 3, 5, 7
-            return dot(vec4<f32>(lo.x, hi.x, lo.y, hi.y), xa) + dot(vec4<f32>(lo.z, hi.z, lo.w, hi.w), xb);
+            let lo = bitcast<vec4<f32>>(v << vec4<u32>(16u));           // elements 0, 2, 4, 6
+            let hi = bitcast<vec4<f32>>(v & vec4<u32>(0xffff0000u));    // elements 1, 3, 5, 7
+            o.a = vec4<f32>(lo.x, hi.x, lo.y, hi.y);
+            o.b = vec4<f32>(lo.z, hi.z, lo.w, hi.w);
         }
         default: {
             let base = r * (p.cols / 4u) + 2u * g;
-            return dot(bitcast<vec4<f32>>(w[base]), xa) + dot(bitcast<vec4<f32>>(w[base + 1u]), xb);
+            o.a = bitcast<vec4<f32>>(w[base]);
+            o.b = bitcast<vec4<f32>>(w[base + 1u]);
         }
     }
+    return o;
 }
 
 @compute @workgroup_size(WG)
@@ -72,22 +87,31 @@ fn matvec(
 ) {
     let r = (wid.x + wid.y * nwg.x) * (WG / TPR) + lid / TPR;
     let lane = lid % TPR;
-    var acc = 0.0;
+    let t0 = wid.z * TOK;
+    let n_tok = min(TOK, step.n_tokens - min(t0, step.n_tokens));
+    let xrow = p.cols / 4u;     // vec4s per token row of x
+    var acc = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
     if r < p.rows {
         for (var g = lane; g < p.cols / 8u; g = g + TPR) {
-            acc = acc + dot8(r, g);
+            let wv = load8(r, g);
+            for (var t = 0u; t < n_tok; t = t + 1u) {
+                let xi = (t0 + t) * xrow + 2u * g;
+                acc[t] = acc[t] + dot(wv.a, x[xi]) + dot(wv.b, x[xi + 1u]);
+            }
         }
     }
-    let s = row_sum(acc, lid);
-    if r < p.rows && lane == 0u {
-        let o = p.row_offset + r;
-        var v = s;
-        if (p.flags & 1u) != 0u {
-            v = v + bias[o];
+    for (var t = 0u; t < TOK; t = t + 1u) {
+        let s = row_sum(acc[t], lid);
+        if r < p.rows && lane == 0u && t < n_tok {
+            let o = (t0 + t) * p.y_stride + p.row_offset + r;
+            var v = s;
+            if (p.flags & 1u) != 0u {
+                v = v + bias[p.row_offset + r];
+            }
+            if (p.flags & 2u) != 0u {
+                v = v + y[o];
+            }
+            y[o] = v;
         }
-        if (p.flags & 2u) != 0u {
-            v = v + y[o];
-        }
-        y[o] = v;
     }
 }

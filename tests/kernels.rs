@@ -8,7 +8,7 @@ use common::{gpu, max_abs_diff, run, Rng};
 use glint::graph::{Graph, Linear, LinearKind};
 use glint::kernels::{Kernels, Shapes};
 use glint::reference as r;
-use glint::weights::{HostMatrix, Matrix, WeightFormat};
+use glint::weights::{gpu_row_bytes, HostMatrix, Matrix, QuantType, FLOATS};
 use std::borrow::Cow;
 
 struct Ctx {
@@ -19,8 +19,15 @@ struct Ctx {
 }
 
 fn ctx() -> Option<Ctx> {
+    ctx_with(|_| {})
+}
+
+/// A context whose kernel shapes are the device's, adjusted by `f` (to test every variant).
+fn ctx_with(f: impl FnOnce(&mut Shapes)) -> Option<Ctx> {
     let gpu = gpu()?;
-    let k = Kernels::new(&gpu, Shapes::for_device(&gpu.caps)).expect("pipelines");
+    let mut shapes = Shapes::for_device(&gpu.caps);
+    f(&mut shapes);
+    let k = Kernels::new(&gpu, shapes).expect("pipelines");
     let step = gpu.uniform_init("step", &[0u8; 16]);
     let dummy = gpu.storage("dummy", 16).unwrap();
     Some(Ctx {
@@ -45,7 +52,7 @@ impl Ctx {
     fn matrix(
         &self,
         rng: &mut Rng,
-        f: WeightFormat,
+        f: QuantType,
         rows: usize,
         cols: usize,
         chunk: u64,
@@ -85,9 +92,9 @@ fn embed_all_formats_and_split_table() {
     let Some(c) = ctx() else { return };
     let mut rng = Rng::new(1);
     let (rows, cols) = (1000, 896);
-    for f in WeightFormat::FLOATS {
+    for f in FLOATS {
         // 300 rows per chunk: 4 chunks, so tokens land in different bindings.
-        let (m, seen) = c.matrix(&mut rng, f, rows, cols, (300 * f.row_bytes(cols)) as u64);
+        let (m, seen) = c.matrix(&mut rng, f, rows, cols, (300 * gpu_row_bytes(f, cols)) as u64);
         assert_eq!(m.chunks.len(), 4);
         let tokens: Vec<u32> = vec![0, 299, 300, 999, 512, 7];
         let tok_buf = c
@@ -139,7 +146,7 @@ fn rmsnorm_rows() {
 /// with the fused residual accumulate, and with the matrix split across bindings.
 fn linear_case(
     c: &Ctx,
-    f: WeightFormat,
+    f: QuantType,
     rows: usize,
     cols: usize,
     n_tokens: usize,
@@ -148,7 +155,7 @@ fn linear_case(
 ) {
     let mut rng = Rng::new((rows * 31 + cols) as u64);
     let chunk = if split {
-        (rows / 3 + 1) as u64 * f.row_bytes(cols) as u64
+        (rows / 3 + 1) as u64 * gpu_row_bytes(f, cols) as u64
     } else {
         u64::MAX
     };
@@ -179,7 +186,7 @@ fn linear_case(
 #[test]
 fn matvec_all_formats_real_shapes() {
     let Some(c) = ctx() else { return };
-    for f in WeightFormat::FLOATS {
+    for f in FLOATS {
         for (rows, cols) in [(896, 896), (4864, 896), (896, 4864), (128, 896)] {
             linear_case(&c, f, rows, cols, 1, LinearKind::Vec, false);
         }
@@ -187,10 +194,24 @@ fn matvec_all_formats_real_shapes() {
     }
 }
 
+/// Prefill through the tiled matmul (the shape real GPUs use).
 #[test]
-fn matmul_all_formats_real_shapes() {
-    let Some(c) = ctx() else { return };
-    for f in WeightFormat::FLOATS {
+fn matmul_tiled_all_formats_real_shapes() {
+    let Some(c) = ctx_with(|s| s.prefill_tok = None) else { return };
+    for f in FLOATS {
+        linear_case(&c, f, 896, 896, 33, LinearKind::Mat, false);
+        linear_case(&c, f, 4864, 896, 7, LinearKind::Mat, false);
+        linear_case(&c, f, 896, 4864, 40, LinearKind::Mat, false);
+        linear_case(&c, f, 1000, 896, 9, LinearKind::Mat, true);
+    }
+}
+
+/// Prefill through matvec over blocks of 8 tokens (the shape CPU rasterisers use), with a partial
+/// last block.
+#[test]
+fn matmul_token_blocks_all_formats_real_shapes() {
+    let Some(c) = ctx_with(|s| s.prefill_tok = Some(8)) else { return };
+    for f in FLOATS {
         linear_case(&c, f, 896, 896, 33, LinearKind::Mat, false);
         linear_case(&c, f, 4864, 896, 7, LinearKind::Mat, false);
         linear_case(&c, f, 896, 4864, 40, LinearKind::Mat, false);

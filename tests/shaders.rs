@@ -5,7 +5,10 @@
 use naga::back::PipelineConstants;
 use naga::valid::{Capabilities, ValidationFlags, Validator};
 
-fn constants_for(module: &naga::Module) -> Vec<PipelineConstants> {
+/// The override sets a module is checked with: every weight format it takes (float formats 0..3 for the
+/// float-only kernels, quantized 3..=10 for matvec_quant, all 0..=10 for the modules composed with
+/// dequant.wgsl), and for matvec kernels both the decode (TOK = 1) and the prefill (TOK = 8) shapes.
+fn constants_for(name: &str, module: &naga::Module) -> Vec<PipelineConstants> {
     let has = |n: &str| {
         module
             .overrides
@@ -14,7 +17,18 @@ fn constants_for(module: &naga::Module) -> Vec<PipelineConstants> {
     };
     let mut sets = vec![PipelineConstants::default()];
     if has("WFMT") {
-        sets = (0..3)
+        let dequant = module
+            .functions
+            .iter()
+            .any(|(_, f)| f.name.as_deref() == Some("dq_elem"));
+        let formats = if name.starts_with("matvec_quant") {
+            3..11
+        } else if dequant {
+            0..11
+        } else {
+            0..3
+        };
+        sets = formats
             .map(|f| {
                 let mut c = PipelineConstants::default();
                 c.insert("WFMT".into(), f as f64);
@@ -26,6 +40,30 @@ fn constants_for(module: &naga::Module) -> Vec<PipelineConstants> {
         for c in &mut sets {
             c.insert("TPR".into(), 32.0);
         }
+    }
+    if has("RPI") {
+        sets = sets
+            .into_iter()
+            .flat_map(|c| {
+                [1.0, 2.0, 4.0].map(|rpi| {
+                    let mut c = c.clone();
+                    c.insert("RPI".into(), rpi);
+                    c
+                })
+            })
+            .collect();
+    }
+    if has("TOK") {
+        sets = sets
+            .into_iter()
+            .flat_map(|c| {
+                [1.0, 8.0].map(|tok| {
+                    let mut c = c.clone();
+                    c.insert("TOK".into(), tok);
+                    c
+                })
+            })
+            .collect();
     }
     sets
 }
@@ -47,7 +85,7 @@ fn all_shaders_validate_and_translate() {
             .validate(&module)
             .unwrap_or_else(|e| panic!("{name}: validation: {}", e.emit_to_string(&src)));
         for ep in &module.entry_points {
-            for consts in constants_for(&module) {
+            for consts in constants_for(&name, &module) {
                 let (m, i) = naga::back::pipeline_constants::process_overrides(
                     &module,
                     &info,

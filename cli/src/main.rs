@@ -1,12 +1,14 @@
 //! `glint`: the command line. Thin by design: parse flags, call the engine, print.
 
 use clap::{Args, Parser, Subcommand};
-use glint::chat::Message;
 use glint::gpu::{BackendChoice, GpuOptions};
-use glint::{Flow, LoadOptions, Model};
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+mod bench;
+mod chat;
+mod generate;
+mod run;
 
 #[derive(Parser)]
 #[command(
@@ -30,7 +32,11 @@ enum Cmd {
         gpu: GpuArgs,
     },
     /// Generate text from a prompt, a JSON message list, or raw token ids.
-    Run(RunArgs),
+    Run(run::RunArgs),
+    /// Chat with a model interactively: multi-turn, the KV cache reused across turns; /help for commands.
+    Chat(chat::ChatArgs),
+    /// Benchmark a model like llama-bench: prompt processing (pp) and generation (tg) in tokens/s.
+    Bench(bench::BenchArgs),
     /// Print the token ids of a text as a JSON array (special tokens written in the text are recognised).
     Tokenize {
         /// Model directory (tokenizer.json) or GGUF file.
@@ -67,45 +73,12 @@ impl GpuArgs {
     }
 }
 
-#[derive(Args)]
-struct RunArgs {
-    /// Model directory (config.json, model.safetensors, tokenizer.json, ...).
-    #[arg(short = 'm', long)]
-    model: PathBuf,
-    /// User prompt; rendered with the model's chat template.
-    #[arg(short = 'p', long, group = "input")]
-    prompt: Option<String>,
-    /// A JSON file holding an OpenAI-style array of {"role", "content"} messages.
-    #[arg(long, group = "input")]
-    messages: Option<PathBuf>,
-    /// Comma-separated token ids, fed as they are (no template, no tokenizer needed).
-    #[arg(long, group = "input", value_delimiter = ',')]
-    prompt_ids: Option<Vec<u32>>,
-    /// System prompt (with --prompt). Default: the template's own.
-    #[arg(long = "system", visible_alias = "system-prompt")]
-    system: Option<String>,
-    /// Maximum number of tokens to generate.
-    #[arg(
-        short = 'n',
-        long = "max-tokens",
-        visible_alias = "n-predict",
-        default_value_t = 256
-    )]
-    max_tokens: usize,
-    /// Sampling temperature; 0 is greedy (the only mode so far).
-    #[arg(long, visible_alias = "temp", default_value_t = 0.0)]
-    temperature: f32,
-    /// Context size in tokens (default: min(model maximum, 4096)).
-    #[arg(short = 'c', long = "ctx-size")]
-    ctx_size: Option<usize>,
-    /// Print one JSON object with ids, text and timings as the last line of stdout.
-    #[arg(long)]
-    json: bool,
-    /// No progress or summary on stderr.
-    #[arg(short = 'q', long)]
-    quiet: bool,
-    #[command(flatten)]
-    gpu: GpuArgs,
+fn parse_quant(s: &str) -> Result<glint::quant::QuantType, String> {
+    use glint::quant::QuantType as Q;
+    match Q::parse(s) {
+        Some(q @ (Q::Q8_0 | Q::Q4_0 | Q::Q4_K | Q::F16)) => Ok(q),
+        _ => Err(format!("'{s}' is not one of q8_0, q4_0, q4_k, f16")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -113,7 +86,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Devices { json, gpu } => devices(json, &gpu),
-        Cmd::Run(a) => run(a),
+        Cmd::Run(a) => run::run(a),
+        Cmd::Chat(a) => chat::chat(a),
+        Cmd::Bench(a) => bench::bench(a),
         Cmd::Tokenize { model, file, text } => tokenize(model, file, text),
     };
     match result {
@@ -175,116 +150,5 @@ fn tokenize(model: PathBuf, file: Option<PathBuf>, text: Option<String>) -> glin
     let tok = glint::engine::tokenizer_for(&model)?;
     let ids = tok.encode(&text)?;
     println!("{}", serde_json::to_string(&ids).expect("serialisable"));
-    Ok(())
-}
-
-fn run(a: RunArgs) -> glint::Result<()> {
-    if a.temperature != 0.0 {
-        return Err(glint::Error::Input(
-            "--temperature: only 0 (greedy) is implemented so far".into(),
-        ));
-    }
-    let opts = LoadOptions {
-        gpu: a.gpu.options()?,
-        ctx_size: a.ctx_size,
-        ..Default::default()
-    };
-    let mut model = Model::load(&a.model, opts)?;
-    if !a.quiet {
-        eprintln!(
-            "glint: {} on {} ({:.0} ms, {:.0} MiB weights, {:.0} MiB KV cache)",
-            a.model.display(),
-            model.gpu.describe(),
-            model.load_ms,
-            model.weight_bytes() as f64 / (1 << 20) as f64,
-            model.kv_bytes() as f64 / (1 << 20) as f64
-        );
-    }
-    let prompt: Vec<u32> = if let Some(ids) = &a.prompt_ids {
-        ids.clone()
-    } else {
-        let mut messages = match (&a.messages, &a.prompt) {
-            (Some(f), _) => glint::chat::load_messages(f)?,
-            (None, Some(p)) => vec![Message {
-                role: "user".into(),
-                content: p.clone(),
-            }],
-            (None, None) => {
-                return Err(glint::Error::Input(
-                    "give one of --prompt, --messages or --prompt-ids".into(),
-                ))
-            }
-        };
-        if let Some(s) = &a.system {
-            messages.retain(|m| m.role != "system");
-            messages.insert(
-                0,
-                Message {
-                    role: "system".into(),
-                    content: s.clone(),
-                },
-            );
-        }
-        model.chat_prompt(&messages)?
-    };
-    let tokenizer = model.tokenizer();
-    let mut stream = tokenizer.as_ref().map(|t| t.stream());
-    let stop_ids = model.stop_ids().to_vec();
-    let mut out = std::io::stdout().lock();
-    let mut text = String::new();
-    let mut err = None;
-    let generation = model.generate(&prompt, a.max_tokens, |id| {
-        if let Some(s) = stream.as_mut() {
-            if stop_ids.contains(&id) {
-                return Flow::Continue;
-            }
-            match s.push(id) {
-                Ok(piece) => {
-                    text.push_str(&piece);
-                    let _ = out.write_all(piece.as_bytes());
-                    let _ = out.flush();
-                }
-                Err(e) => {
-                    err = Some(e);
-                    return Flow::Stop;
-                }
-            }
-        }
-        Flow::Continue
-    })?;
-    if let Some(e) = err {
-        return Err(e);
-    }
-    if let Some(s) = stream.as_mut() {
-        let rest = s.finish()?;
-        text.push_str(&rest);
-        let _ = out.write_all(rest.as_bytes());
-    }
-    let _ = writeln!(out);
-    if !a.quiet {
-        eprintln!(
-            "glint: prompt {} tokens in {:.0} ms ({:.1} tok/s), generated {} tokens at {:.2} tok/s",
-            prompt.len(),
-            generation.prompt_ms,
-            prompt.len() as f64 * 1e3 / generation.prompt_ms.max(1e-9),
-            generation.tokens.len(),
-            generation.decode_tokens_per_s()
-        );
-    }
-    if a.json {
-        let j = serde_json::json!({
-            "prompt_tokens": prompt,
-            "tokens": generation.tokens,
-            "text": text,
-            "finish_reason": generation.finish_reason.as_str(),
-            "timings": {
-                "load_ms": model.load_ms,
-                "prompt_ms": generation.prompt_ms,
-                "decode_ms": generation.decode_ms,
-                "decode_tokens_per_s": generation.decode_tokens_per_s(),
-            }
-        });
-        let _ = writeln!(out, "{j}");
-    }
     Ok(())
 }

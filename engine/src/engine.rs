@@ -13,8 +13,13 @@ use crate::graph::{Activations, Graph, KvCache, LinearKind, Plan, StepUniform};
 use crate::kernels::{Kernels, Shapes};
 use crate::model::{Logits, Qwen2, WeightSource};
 use crate::safetensors_loader::SafetensorsWeights;
+use crate::sampler::{penalty_window, GpuSampler, SamplingParams, SeededRng};
 use crate::tokenizer::Tokenizer;
+use crate::gguf_loader::GgufModel;
+use crate::quant::QuantType;
 use crate::weights::HostMatrix;
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +33,8 @@ pub struct LoadOptions {
     pub batch: usize,
     /// Called with (tensor name, bytes uploaded so far, total bytes) while weights upload.
     pub progress: Option<Box<dyn FnMut(&str, u64, u64)>>,
+    /// Quantize a float model's matrices at load (safetensors models; GGUF weights stay as they are).
+    pub quant: Option<QuantType>,
 }
 
 impl Default for LoadOptions {
@@ -37,6 +44,7 @@ impl Default for LoadOptions {
             ctx_size: None,
             batch: 256,
             progress: None,
+            quant: None,
         }
     }
 }
@@ -64,6 +72,9 @@ impl FinishReason {
 pub struct Generation {
     pub tokens: Vec<u32>,
     pub finish_reason: FinishReason,
+    /// Prompt ids, and how many of them were already in the KV cache.
+    pub prompt_tokens: usize,
+    pub reused_tokens: usize,
     pub prompt_ms: f64,
     pub decode_ms: f64,
 }
@@ -77,6 +88,20 @@ impl Generation {
         } else {
             n as f64 * 1000.0 / self.decode_ms
         }
+    }
+}
+
+/// Options for [`Model::generate_with`].
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    /// Greedy by default; see [`Model::sampling_defaults`] for the model's own.
+    pub sampling: SamplingParams,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_tokens: 256, sampling: SamplingParams::greedy() }
     }
 }
 
@@ -105,8 +130,10 @@ pub struct Model {
     prefill: Plan,
     all_logits: Option<(Plan, wgpu::Buffer, usize)>,
     readback: wgpu::Buffer,
+    sampler: GpuSampler,
     n_valid: usize,
-    pos: usize,
+    /// The ids whose keys and values are in the KV cache, in order.
+    cache: Vec<u32>,
     pub load_ms: f64,
     pub source: PathBuf,
 }
@@ -125,6 +152,83 @@ impl WeightSource for St {
     }
 }
 
+/// Quantizes a float source's matrices at load, like llama-quantize: K-quants need rows that are a
+/// multiple of 256, so narrower matrices fall back (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, as
+/// llama.cpp does), and each fallback is reported.
+struct Quantizing<'a> {
+    inner: &'a dyn WeightSource,
+    target: QuantType,
+    fallbacks: RefCell<Vec<(String, QuantType)>>,
+}
+
+impl<'a> Quantizing<'a> {
+    fn new(inner: &'a dyn WeightSource, target: QuantType) -> Self {
+        Quantizing { inner, target, fallbacks: RefCell::new(vec![]) }
+    }
+
+    fn type_for(&self, cols: usize) -> QuantType {
+        let fits = |t: QuantType| cols % t.block_size() == 0;
+        if fits(self.target) {
+            return self.target;
+        }
+        let fallback = match self.target {
+            QuantType::Q4_K => QuantType::Q5_0,
+            QuantType::Q5_K => QuantType::Q5_1,
+            QuantType::Q6_K => QuantType::Q8_0,
+            _ => QuantType::F16,
+        };
+        if fits(fallback) {
+            fallback
+        } else {
+            QuantType::F16
+        }
+    }
+
+    /// One line per fallback type: "quantize Q4_K: 120 tensors fell back to Q5_0 (rows of 896 ...)".
+    fn report(&self) -> Vec<String> {
+        let f = self.fallbacks.borrow();
+        let mut by_type: Vec<(QuantType, Vec<&str>)> = vec![];
+        for (name, t) in f.iter() {
+            match by_type.iter_mut().find(|(x, _)| x == t) {
+                Some((_, v)) => v.push(name),
+                None => by_type.push((*t, vec![name])),
+            }
+        }
+        by_type
+            .into_iter()
+            .map(|(t, names)| {
+                format!(
+                    "quantize {}: {} tensor(s) fell back to {} (row length not a multiple of {}), e.g. {}",
+                    self.target.name(),
+                    names.len(),
+                    t.name(),
+                    self.target.block_size(),
+                    names[0]
+                )
+            })
+            .collect()
+    }
+}
+
+impl WeightSource for Quantizing<'_> {
+    fn has(&self, name: &str) -> bool {
+        self.inner.has(name)
+    }
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<HostMatrix<'_>> {
+        let m = self.inner.matrix(name, rows, cols)?;
+        let t = self.type_for(cols);
+        if t != self.target {
+            self.fallbacks.borrow_mut().push((name.to_string(), t));
+        }
+        let f32s = crate::reference::decode_weights(m.format, &m.data);
+        let data = crate::reference::encode_weights(t, &f32s);
+        Ok(HostMatrix { name: m.name, format: t, rows, cols, data: Cow::Owned(data) })
+    }
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        self.inner.vector(name, len)
+    }
+}
+
 impl Model {
     /// Load a Hugging Face model directory (config.json, model.safetensors or shards, tokenizer.json,
     /// tokenizer_config.json, generation_config.json).
@@ -136,11 +240,8 @@ impl Model {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
             ));
         }
-        if !path.is_dir() {
-            return Err(Error::format(
-                path,
-                "expected a model directory (config.json, model.safetensors, ...)",
-            ));
+        if path.is_file() {
+            return Self::load_gguf(path, opts, t0);
         }
         let cfg = ModelConfig::from_file(&path.join("config.json"))?;
         let gen_path = path.join("generation_config.json");
@@ -158,9 +259,32 @@ impl Model {
         };
         let weights = St(SafetensorsWeights::open(path)?);
         let total = weights.0.total_bytes();
-        Self::build(
-            path, cfg, gen_cfg, tokenizer, template, &weights, total, opts, t0,
-        )
+        match opts.quant {
+            Some(q) => {
+                let qw = Quantizing::new(&weights, q);
+                let m = Self::build(path, cfg, gen_cfg, tokenizer, template, &qw, total, opts, t0)?;
+                for line in qw.report() {
+                    log::warn!("{line}");
+                }
+                Ok(m)
+            }
+            None => Self::build(path, cfg, gen_cfg, tokenizer, template, &weights, total, opts, t0),
+        }
+    }
+
+    fn load_gguf(path: &Path, opts: LoadOptions, t0: Instant) -> Result<Model> {
+        if opts.quant.is_some() {
+            return Err(Error::Input(
+                "--quant applies to safetensors models; a GGUF file keeps its own types".into(),
+            ));
+        }
+        let g = GgufModel::open(path)?;
+        let tokenizer = g.tokenizer()?;
+        let template = g.chat_template(tokenizer.as_ref())?;
+        let gen_cfg = g.generation_config()?;
+        let total = crate::gguf_loader::total_bytes(&g.file);
+        let cfg = g.cfg.clone();
+        Self::build(path, cfg, gen_cfg, tokenizer, template, &g, total, opts, t0)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -191,6 +315,13 @@ impl Model {
             }
         };
         let net = Qwen2::load(&gpu, &cfg, weights, ctx, &mut progress)?;
+        if let Some(m) = net.matrices().into_iter().find(|m| !kernels.supports(m.format)) {
+            return Err(Error::Model(format!(
+                "tensor '{}' is {}, which has no GPU kernel yet",
+                m.name,
+                m.format.name()
+            )));
+        }
         let acts = Activations::new(&gpu, &cfg, batch)?;
         let kv = KvCache::new(&gpu, &cfg, ctx)?;
         let step = gpu.uniform_init(
@@ -202,9 +333,7 @@ impl Model {
             }),
         );
         let dummy = gpu.storage("dummy", 16)?;
-        let n_valid = tokenizer
-            .as_ref()
-            .map_or(cfg.vocab, |t| t.n_defined().min(cfg.vocab));
+        let n_valid = tokenizer.as_ref().map_or(cfg.vocab, |t| sampleable_ids(t).min(cfg.vocab));
         let mut stop_ids: Vec<u32> = gen_cfg.eos.iter().chain(&cfg.eos).copied().collect();
         stop_ids.sort();
         stop_ids.dedup();
@@ -216,6 +345,7 @@ impl Model {
         let decode = plan(LinearKind::Vec);
         let prefill = plan(LinearKind::Mat);
         let readback = gpu.readback("next", 4);
+        let sampler = GpuSampler::new(&gpu, &acts.logits, n_valid, ctx)?;
         let mut m = Model {
             gpu,
             cfg,
@@ -233,8 +363,9 @@ impl Model {
             prefill,
             all_logits: None,
             readback,
+            sampler,
             n_valid,
-            pos: 0,
+            cache: Vec::new(),
             load_ms: 0.0,
             source: path.to_path_buf(),
         };
@@ -265,16 +396,35 @@ impl Model {
     }
     /// Tokens currently in the KV cache.
     pub fn position(&self) -> usize {
-        self.pos
+        self.cache.len()
+    }
+    /// The ids in the KV cache, in order.
+    pub fn cached_ids(&self) -> &[u32] {
+        &self.cache
     }
     /// Forget the conversation (the cache is overwritten from position 0).
     pub fn reset(&mut self) {
-        self.pos = 0;
+        self.cache.clear();
     }
     /// Keep only the first `pos` tokens of the cache.
     pub fn truncate(&mut self, pos: usize) {
-        self.pos = self.pos.min(pos);
+        self.cache.truncate(pos);
     }
+    /// Sampling defaults from the model's generation_config.json (do_sample false or absent: greedy);
+    /// flags override them field by field.
+    pub fn sampling_defaults(&self) -> SamplingParams {
+        let g = &self.gen_cfg;
+        let mut p = SamplingParams::greedy();
+        if g.do_sample.unwrap_or(false) {
+            p.temperature = g.temperature.unwrap_or(1.0);
+            p.top_k = g.top_k.unwrap_or(50);
+            p.top_p = g.top_p.unwrap_or(1.0);
+            p.min_p = g.min_p.unwrap_or(0.0);
+        }
+        p.repetition_penalty = g.repetition_penalty.unwrap_or(1.0);
+        p
+    }
+
     /// Ids the sampler may choose: below the tokenizer's defined count.
     pub fn n_valid(&self) -> usize {
         self.n_valid
@@ -286,6 +436,15 @@ impl Model {
     pub fn kv_bytes(&self) -> u64 {
         self.kv.bytes()
     }
+    /// Bytes a decode step reads from memory at context length `ctx_len`: every weight matrix except
+    /// the embedding (one row of it), the norms and biases, and the K and V cache rows attended to.
+    pub fn bytes_per_token(&self, ctx_len: usize) -> u64 {
+        let emb = self.net.embed.bytes();
+        let emb_row = emb / self.cfg.vocab as u64;
+        let kv = (ctx_len * self.cfg.kv_bytes_per_token()) as u64;
+        self.net.weight_bytes() - emb + emb_row + kv + self.net.lm_head.is_none() as u64 * emb
+    }
+
     /// Dispatches recorded per decoded token.
     pub fn decode_dispatches(&self) -> usize {
         self.decode.dispatches()
@@ -323,11 +482,11 @@ impl Model {
                 self.cfg.vocab
             )));
         }
-        if self.pos + ids.len() > self.kv.ctx {
+        if self.cache.len() + ids.len() > self.kv.ctx {
             return Err(Error::Input(format!(
                 "{} tokens do not fit the context: {} already in the cache, context size {} (raise --ctx-size, at most {})",
                 ids.len(),
-                self.pos,
+                self.cache.len(),
                 self.kv.ctx,
                 self.cfg.max_position
             )));
@@ -340,7 +499,7 @@ impl Model {
         q.write_buffer(&self.acts.tokens, 0, bytemuck::cast_slice(ids));
         let s = StepUniform {
             n_tokens: ids.len() as u32,
-            pos0: self.pos as u32,
+            pos0: self.cache.len() as u32,
             _pad: [0; 2],
         };
         q.write_buffer(&self.step, 0, bytemuck::bytes_of(&s));
@@ -350,27 +509,42 @@ impl Model {
     /// them to the cache. Afterwards the last token's logits are on the GPU and its greedy choice is read
     /// back and returned.
     pub fn feed(&mut self, ids: &[u32]) -> Result<u32> {
+        self.step(ids, None)
+    }
+
+    /// Like [`Model::feed`], but the next id is drawn by the GPU sampler with `params` and the uniform
+    /// draw `u` (the repetition penalty covers the cache, `ids` included). Only the id is read back.
+    pub fn feed_sampled(&mut self, ids: &[u32], params: &SamplingParams, u: f32) -> Result<u32> {
+        self.step(ids, Some((params, u)))
+    }
+
+    fn step(&mut self, ids: &[u32], sampling: Option<(&SamplingParams, f32)>) -> Result<u32> {
         if ids.is_empty() {
-            return Err(Error::Input(
-                "empty prompt: at least one token is needed".into(),
-            ));
+            return Err(Error::Input("empty prompt: at least one token is needed".into()));
         }
         self.check_ids(ids)?;
         let mut next = 0;
-        for chunk in ids.chunks(self.acts.batch) {
+        let n_chunks = ids.len().div_ceil(self.acts.batch);
+        for (i, chunk) in ids.chunks(self.acts.batch).enumerate() {
             self.write_step(chunk);
-            let plan = if chunk.len() == 1 {
-                &self.decode
-            } else {
-                &self.prefill
-            };
+            self.cache.extend_from_slice(chunk);
+            let plan = if chunk.len() == 1 { &self.decode } else { &self.prefill };
             let mut enc = self.gpu.device.create_command_encoder(&Default::default());
             plan.record(&mut enc, chunk.len() as u32);
-            enc.copy_buffer_to_buffer(&self.acts.next, 0, &self.readback, 0, 4);
+            // Pure greedy reads the argmax the plan already computed; anything else runs the sampler
+            // (which applies the repetition penalty even at temperature 0).
+            match sampling {
+                Some((p, u)) if i + 1 == n_chunks && !(p.is_greedy() && p.repetition_penalty == 1.0) => {
+                    let window = penalty_window(&self.cache, p.repeat_last_n);
+                    self.sampler.prepare(&self.gpu.queue, p, &window, u)?;
+                    self.sampler.record(&mut enc);
+                    enc.copy_buffer_to_buffer(self.sampler.output(), 0, &self.readback, 0, 4);
+                }
+                _ => enc.copy_buffer_to_buffer(&self.acts.next, 0, &self.readback, 0, 4),
+            }
             self.gpu.queue.submit([enc.finish()]);
             let bytes = self.gpu.read_mapped(&self.readback, 4)?;
             next = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-            self.pos += chunk.len();
         }
         Ok(next)
     }
@@ -413,47 +587,70 @@ impl Model {
             self.gpu.queue.submit([enc.finish()]);
             let v = self.gpu.read_f32(buf, 0, chunk.len() * self.cfg.vocab)?;
             out.extend(v.chunks(self.cfg.vocab).map(|r| r.to_vec()));
-            self.pos += chunk.len();
+            self.cache.extend_from_slice(chunk);
         }
         Ok(out)
     }
 
-    /// Greedy generation from the current cache position: feed `prompt`, then decode until a stop id,
-    /// `max_tokens`, or the end of the context. `on_token` sees each generated id as it is produced.
-    pub fn generate(
+    /// Greedy generation: see [`Model::generate_with`].
+    pub fn generate(&mut self, prompt: &[u32], max_tokens: usize, on_token: impl FnMut(u32) -> Flow) -> Result<Generation> {
+        let opts = GenerateOptions { max_tokens, ..Default::default() };
+        self.generate_with(prompt, &opts, on_token)
+    }
+
+    /// Generate a continuation of `prompt`, the whole context so far (for a chat: every turn). The part
+    /// of it already in the KV cache from the previous call is reused, not recomputed. Decoding stops at
+    /// a stop id (included in the result), `max_tokens`, the end of the context, or when `on_token`
+    /// answers [`Flow::Stop`].
+    pub fn generate_with(
         &mut self,
         prompt: &[u32],
-        max_tokens: usize,
+        opts: &GenerateOptions,
         mut on_token: impl FnMut(u32) -> Flow,
     ) -> Result<Generation> {
+        if prompt.is_empty() {
+            return Err(Error::Input("empty prompt: at least one token is needed".into()));
+        }
+        let p = &opts.sampling;
+        p.validate()?;
+        // Reuse the cached prefix, but always run at least the last prompt token to get its logits.
+        let same = self.cache.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        self.truncate(same.min(prompt.len() - 1));
+        let reused = self.cache.len();
+        let mut rng = SeededRng::new(p.seed);
         let t0 = Instant::now();
-        let mut next = self.feed(prompt)?;
+        let mut next = self.feed_sampled(&prompt[reused..], p, rng.next_uniform())?;
         let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
         let mut tokens = Vec::new();
         let mut finish = FinishReason::Length;
-        while tokens.len() < max_tokens {
+        while tokens.len() < opts.max_tokens {
             tokens.push(next);
             if on_token(next) == Flow::Stop || self.stop_ids.contains(&next) {
                 finish = FinishReason::Stop;
                 break;
             }
-            if tokens.len() == max_tokens || self.pos >= self.kv.ctx {
+            if tokens.len() == opts.max_tokens || self.cache.len() >= self.kv.ctx {
                 break;
             }
-            next = self.feed(&[next])?;
+            next = self.feed_sampled(&[next], p, rng.next_uniform())?;
         }
         Ok(Generation {
             tokens,
             finish_reason: finish,
+            prompt_tokens: prompt.len(),
+            reused_tokens: reused,
             prompt_ms,
             decode_ms: t1.elapsed().as_secs_f64() * 1e3,
         })
     }
 }
 
-/// The tokenizer of a model directory (tokenizer.json), or None when the directory has none.
+/// The tokenizer of a model directory (tokenizer.json) or GGUF file, or None when it has none.
 pub fn load_tokenizer(path: &Path) -> Result<Option<Tokenizer>> {
+    if path.is_file() {
+        return GgufModel::open(path)?.tokenizer();
+    }
     let tok_path = path.join("tokenizer.json");
     if tok_path.exists() {
         Ok(Some(Tokenizer::from_file(&tok_path)?))
@@ -471,5 +668,21 @@ pub fn tokenizer_for(path: &Path) -> Result<Tokenizer> {
         ));
     }
     load_tokenizer(path)?
-        .ok_or_else(|| Error::format(path, "no tokenizer.json in this model directory"))
+        .ok_or_else(|| Error::format(path, "no tokenizer (tokenizer.json, or tokenizer.ggml.* in a GGUF file)"))
+}
+
+/// How many leading ids may be sampled: the tokenizer's ids, less a trailing run of padding entries
+/// ("[PAD151665]" ...) that some Qwen2 tokenizers list for the embedding rows no token uses.
+pub fn sampleable_ids(t: &Tokenizer) -> usize {
+    let mut n = t.n_defined();
+    while n > 0 {
+        let is_pad = t.id_to_token(n as u32 - 1).is_some_and(|s| {
+            s.strip_prefix("[PAD").and_then(|r| r.strip_suffix(']')).is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))
+        });
+        if !is_pad {
+            break;
+        }
+        n -= 1;
+    }
+    n
 }

@@ -48,6 +48,8 @@ pub struct GpuOptions {
 /// What a kernel needs to know about the device to pick its shape.
 #[derive(Clone, Debug)]
 pub struct DeviceCaps {
+    /// A CPU rasteriser (lavapipe, WARP, SwiftShader): barriers and workgroup memory are costly there.
+    pub cpu_device: bool,
     /// SUBGROUP is enabled and the subgroup size is fixed (min == max), so a row reduction can be one
     /// subgroup wide without barriers.
     pub subgroup_size: Option<u32>,
@@ -65,6 +67,8 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub caps: DeviceCaps,
+    /// Bytes of every buffer created through this context (wgpu has no portable memory query).
+    allocated: std::sync::atomic::AtomicU64,
 }
 
 /// One adapter as `glint devices` reports it.
@@ -218,6 +222,7 @@ impl Gpu {
             && info.subgroup_min_size == info.subgroup_max_size
             && info.subgroup_min_size >= 4;
         let caps = DeviceCaps {
+            cpu_device: info.device_type == wgpu::DeviceType::Cpu,
             subgroup_size: fixed_subgroup.then_some(info.subgroup_min_size),
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
@@ -240,6 +245,7 @@ impl Gpu {
             queue,
             info,
             caps,
+            allocated: Default::default(),
         })
     }
 
@@ -252,8 +258,18 @@ impl Gpu {
     }
 
     /// A storage buffer holding `data`, checked against the device's binding limit.
+    /// Bytes allocated in buffers so far (weights, KV cache, activations, uniforms).
+    pub fn allocated_bytes(&self) -> u64 {
+        self.allocated.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count(&self, bytes: u64) {
+        self.allocated.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn storage_init(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
         self.check_binding(label, data.len() as u64)?;
+        self.count(data.len() as u64);
         Ok(self
             .device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -268,6 +284,7 @@ impl Gpu {
     /// A zeroed storage buffer of `size` bytes.
     pub fn storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
         self.check_binding(label, size)?;
+        self.count(size.max(16));
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: size.max(16),
@@ -279,6 +296,7 @@ impl Gpu {
     }
 
     pub fn uniform_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
+        self.count(data.len() as u64);
         self.device
             .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                 label: Some(label),

@@ -24,6 +24,8 @@ pub enum Grid {
     PerToken(u32),
     /// (x, ceil(n_tokens / tile), 1)
     TokenTiles(u32, u32),
+    /// n row groups laid out 2-D past 65535, and ceil(n_tokens / tok) on z (`None`: one token, z = 1).
+    Rows(u32, Option<u32>),
 }
 
 impl Grid {
@@ -32,16 +34,15 @@ impl Grid {
             Grid::Fixed(g) => g,
             Grid::PerToken(x) => [x, n_tokens, 1],
             Grid::TokenTiles(x, tile) => [x, n_tokens.div_ceil(tile), 1],
-        }
-    }
-
-    /// A 1-D count of workgroups laid out 2-D when it exceeds the per-dimension limit.
-    pub fn linear(n: u32) -> Grid {
-        const MAX: u32 = 65535;
-        if n <= MAX {
-            Grid::Fixed([n, 1, 1])
-        } else {
-            Grid::Fixed([MAX, n.div_ceil(MAX), 1])
+            Grid::Rows(n, tok) => {
+                const MAX: u32 = 65535;
+                let z = tok.map_or(1, |t| n_tokens.div_ceil(t));
+                if n <= MAX {
+                    [n, 1, z]
+                } else {
+                    [MAX, n.div_ceil(MAX), z]
+                }
+            }
         }
     }
 }
@@ -129,7 +130,8 @@ impl Plan {
     }
 }
 
-/// Whether a linear layer runs as matrix-vector (one token) or tiled matrix-matrix (many tokens).
+/// Whether a linear layer runs on one token (row 0 of x, whatever the call's token count) or on every
+/// token of the call.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum LinearKind {
     Vec,
@@ -218,7 +220,7 @@ impl<'a> Graph<'a> {
                 &[table.cols as u32, c.row_start as u32, c.rows as u32, 0],
             );
             let grid = Grid::PerToken((table.cols as u32).div_ceil(64));
-            let pl = &self.k.embed[table.format.id()];
+            let pl = &self.k.embed[&table.format];
             self.dispatch(
                 "embed",
                 pl,
@@ -259,59 +261,31 @@ impl<'a> Graph<'a> {
         );
     }
 
-    /// y (+)= W x + b. With `accumulate`, the product is added to y (the fused residual connection).
-    pub fn linear(
-        &mut self,
-        l: &Linear,
-        x: &wgpu::Buffer,
-        y: &wgpu::Buffer,
-        accumulate: bool,
-        kind: LinearKind,
-    ) {
+    /// y (+)= W x + b for every token row. With `accumulate`, the product is added to y (the fused
+    /// residual connection). `Vec` is the decode form (one token); `Mat` the prefill form, which runs
+    /// the tiled matmul or, where the device's shapes say so, matvec over blocks of tokens.
+    pub fn linear(&mut self, l: &Linear, x: &wgpu::Buffer, y: &wgpu::Buffer, accumulate: bool, kind: LinearKind) {
         let flags = l.b.is_some() as u32 | ((accumulate as u32) << 1);
         let bias = l.b.as_ref().unwrap_or(self.dummy);
         let w = &l.w;
+        let shapes = &self.k.shapes;
         for c in &w.chunks {
-            match kind {
-                LinearKind::Vec => {
-                    let p = self.uniform(
-                        "matvec",
-                        &[c.rows as u32, w.cols as u32, c.row_start as u32, flags],
-                    );
-                    let rows_per_wg = self.k.shapes.matvec_wg / self.k.shapes.tpr;
-                    let grid = Grid::linear((c.rows as u32).div_ceil(rows_per_wg));
-                    let pl = &self.k.matvec[w.format.id()];
-                    self.dispatch(
-                        "matvec",
-                        pl,
-                        &[(0, &p), (1, &c.buffer), (2, x), (3, bias), (4, y)],
-                        grid,
-                    );
+            let p = self.uniform("linear", &[c.rows as u32, w.cols as u32, c.row_start as u32, flags, w.rows as u32, 0, 0, 0]);
+            let bufs = [(0, &p), (1, self.step), (2, &c.buffer), (3, x), (4, bias), (5, y)];
+            let rows_per_wg = shapes.matvec_wg / shapes.tpr;
+            let row_groups = (c.rows as u32).div_ceil(rows_per_wg);
+            match (kind, shapes.prefill_tok) {
+                (LinearKind::Vec, _) => {
+                    let pl = &self.k.matvec[&w.format];
+                    self.dispatch("matvec", pl, &bufs, Grid::Rows(row_groups, None));
                 }
-                LinearKind::Mat => {
-                    let p = self.uniform(
-                        "matmul",
-                        &[
-                            c.rows as u32,
-                            w.cols as u32,
-                            c.row_start as u32,
-                            flags,
-                            w.rows as u32,
-                            0,
-                            0,
-                            0,
-                        ],
-                    );
+                (LinearKind::Mat, Some(tok)) => {
+                    let pl = &self.k.matvec_tok[&w.format];
+                    self.dispatch("matvec_tok", pl, &bufs, Grid::Rows(row_groups, Some(tok)));
+                }
+                (LinearKind::Mat, None) => {
+                    let pl = &self.k.matmul[&w.format];
                     let grid = Grid::TokenTiles((c.rows as u32).div_ceil(32), 32);
-                    let pl = &self.k.matmul[w.format.id()];
-                    let bufs = [
-                        (0, &p),
-                        (1, self.step),
-                        (2, &c.buffer),
-                        (3, x),
-                        (4, bias),
-                        (5, y),
-                    ];
                     self.dispatch("matmul", pl, &bufs, grid);
                 }
             }

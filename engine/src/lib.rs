@@ -14,20 +14,25 @@
 //! # Ok::<(), glint::Error>(())
 //! ```
 
+pub mod bench;
 pub mod chat;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod gguf;
+pub mod gguf_loader;
 pub mod gpu;
 pub mod graph;
+pub mod hub;
 pub mod kernels;
 pub mod model;
 pub mod quant;
 pub mod reference;
+pub mod sampler;
 pub mod safetensors_loader;
+pub mod stop;
 pub mod tokenizer;
 pub mod weights;
 
-pub use engine::{FinishReason, Flow, Generation, LoadOptions, Model};
+pub use engine::{FinishReason, Flow, GenerateOptions, Generation, LoadOptions, Model};
 pub use error::{Error, Result};

@@ -229,14 +229,23 @@ impl Qwen2 {
         }
     }
 
-    /// Bytes of weights on the GPU.
-    pub fn weight_bytes(&self) -> u64 {
-        let lin = |l: &Linear| l.w.bytes() + l.b.as_ref().map_or(0, |b| b.size());
-        let mut n =
-            self.embed.bytes() + self.lm_head.as_ref().map_or(0, |m| m.bytes()) + self.norm.size();
+    /// Every weight matrix, embedding first.
+    pub fn matrices(&self) -> Vec<&Matrix> {
+        let mut v = vec![&self.embed];
+        v.extend(self.lm_head.as_ref());
         for l in &self.layers {
-            n += lin(&l.attn.q) + lin(&l.attn.k) + lin(&l.attn.v) + lin(&l.attn.o);
-            n += lin(&l.mlp.gate) + lin(&l.mlp.up) + lin(&l.mlp.down);
+            let (a, m) = (&l.attn, &l.mlp);
+            v.extend([&a.q.w, &a.k.w, &a.v.w, &a.o.w, &m.gate.w, &m.up.w, &m.down.w]);
+        }
+        v
+    }
+
+    /// Bytes of weights on the GPU (matrices, biases, norms).
+    pub fn weight_bytes(&self) -> u64 {
+        let bias = |l: &Linear| l.b.as_ref().map_or(0, |b| b.size());
+        let mut n: u64 = self.matrices().iter().map(|m| m.bytes()).sum::<u64>() + self.norm.size();
+        for l in &self.layers {
+            n += bias(&l.attn.q) + bias(&l.attn.k) + bias(&l.attn.v);
             n += l.attn_norm.size() + l.mlp_norm.size();
         }
         n

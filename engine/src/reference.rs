@@ -1,39 +1,27 @@
 //! Plain-Rust CPU references of every WGSL kernel, written for clarity, not speed. The GPU tests
 //! (tests/kernels.rs) and the benchmarks' validate step compare against these.
 
-use crate::weights::WeightFormat;
+use crate::quant::QuantType;
 
-/// Decode a matrix stored in `format` (GPU layout bytes) to f32.
-pub fn decode_weights(format: WeightFormat, data: &[u8]) -> Vec<f32> {
-    match format {
-        WeightFormat::F32 => data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        WeightFormat::F16 => data
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        WeightFormat::BF16 => data
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-    }
+/// Decode a matrix stored in the GPU layout of `format` (quant.rs) to f32.
+pub fn decode_weights(format: QuantType, data: &[u8]) -> Vec<f32> {
+    let n = match format {
+        QuantType::F32 => data.len() / 4,
+        QuantType::F16 | QuantType::BF16 => data.len() / 2,
+        q => data.len() / (q.gpu_block_words() * 4) * q.block_size(),
+    };
+    let words: Vec<u32> = data.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let mut out = vec![0f32; n];
+    crate::quant::dequantize_gpu(format, &words, &mut out);
+    out
 }
 
-/// Encode f32 values in `format` (GPU layout bytes), rounding to nearest.
-pub fn encode_weights(format: WeightFormat, v: &[f32]) -> Vec<u8> {
-    match format {
-        WeightFormat::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        WeightFormat::F16 => v
-            .iter()
-            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
-            .collect(),
-        WeightFormat::BF16 => v
-            .iter()
-            .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
-            .collect(),
-    }
+/// Encode f32 values in the GPU layout of `format`: ggml's quantizer (rounding to nearest for the
+/// float types), then the repack.
+pub fn encode_weights(format: QuantType, v: &[f32]) -> Vec<u8> {
+    let ggml = crate::quant::quantize(format, v);
+    let words = crate::quant::repack_for_gpu(format, &ggml);
+    bytemuck::cast_slice(&words).to_vec()
 }
 
 /// out[t, :] = table[tokens[t], :]; table [rows, cols].

@@ -2,7 +2,7 @@
 //! `model.safetensors.index.json`, memory-mapped; tensors are looked up by their transformers names.
 
 use crate::error::{Error, Result};
-use crate::weights::{HostMatrix, WeightFormat};
+use crate::weights::{HostMatrix, QuantType};
 use memmap2::Mmap;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -117,9 +117,9 @@ impl SafetensorsWeights {
         let e = self.entry(name)?;
         self.check_shape(name, e, &[rows, cols])?;
         let format = match e.dtype {
-            safetensors::Dtype::F32 => WeightFormat::F32,
-            safetensors::Dtype::F16 => WeightFormat::F16,
-            safetensors::Dtype::BF16 => WeightFormat::BF16,
+            safetensors::Dtype::F32 => QuantType::F32,
+            safetensors::Dtype::F16 => QuantType::F16,
+            safetensors::Dtype::BF16 => QuantType::BF16,
             other => {
                 return Err(Error::format(
                     &self.files[e.file].0,

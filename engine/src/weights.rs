@@ -5,48 +5,26 @@
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 
-/// How a matrix's elements are stored on the GPU; `id()` is the shaders' `WFMT` constant.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-pub enum WeightFormat {
-    F32,
-    F16,
-    BF16,
+pub use crate::quant::QuantType;
+
+/// The shaders' `WFMT` constant for a storage format (the order of `QuantType::ALL`).
+pub fn wfmt(t: QuantType) -> usize {
+    QuantType::ALL.iter().position(|&x| x == t).expect("ALL lists every type")
 }
 
-impl WeightFormat {
-    pub const FLOATS: [WeightFormat; 3] =
-        [WeightFormat::F32, WeightFormat::F16, WeightFormat::BF16];
+/// The float formats (matvec.wgsl / matmul.wgsl); the others are block quantizations.
+pub const FLOATS: [QuantType; 3] = [QuantType::F32, QuantType::F16, QuantType::BF16];
 
-    pub fn id(self) -> usize {
-        match self {
-            WeightFormat::F32 => 0,
-            WeightFormat::F16 => 1,
-            WeightFormat::BF16 => 2,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            WeightFormat::F32 => "f32",
-            WeightFormat::F16 => "f16",
-            WeightFormat::BF16 => "bf16",
-        }
-    }
-
-    /// Bytes of one row of `cols` elements in the GPU layout.
-    pub fn row_bytes(self, cols: usize) -> usize {
-        match self {
-            WeightFormat::F32 => cols * 4,
-            WeightFormat::F16 | WeightFormat::BF16 => cols * 2,
-        }
-    }
+/// Bytes of one row of `cols` elements in the GPU layout (quant.rs documents it).
+pub fn gpu_row_bytes(t: QuantType, cols: usize) -> usize {
+    t.gpu_row_words(cols) * 4
 }
 
 /// A host-side matrix ready for upload: `rows` rows of `cols` elements, `data` in the GPU layout of
 /// `format`, row-major. Borrowed from a memory-mapped file where the file layout already matches.
 pub struct HostMatrix<'a> {
     pub name: String,
-    pub format: WeightFormat,
+    pub format: QuantType,
     pub rows: usize,
     pub cols: usize,
     pub data: std::borrow::Cow<'a, [u8]>,
@@ -64,7 +42,7 @@ pub struct MatrixChunk {
 #[derive(Clone)]
 pub struct Matrix {
     pub name: String,
-    pub format: WeightFormat,
+    pub format: QuantType,
     pub rows: usize,
     pub cols: usize,
     pub chunks: Vec<MatrixChunk>,
@@ -78,7 +56,7 @@ impl Matrix {
     /// Upload with chunks of at most `max_chunk_bytes` (the binding limit; tests pass less to exercise
     /// the split on small matrices).
     pub fn upload_chunked(gpu: &Gpu, m: &HostMatrix, max_chunk_bytes: u64) -> Result<Matrix> {
-        let row_bytes = m.format.row_bytes(m.cols);
+        let row_bytes = gpu_row_bytes(m.format, m.cols);
         if m.data.len() != row_bytes * m.rows {
             return Err(Error::Model(format!(
                 "tensor '{}': {} bytes, expected {} for [{}, {}] {}",
@@ -90,10 +68,13 @@ impl Matrix {
                 m.format.name()
             )));
         }
-        if m.cols % 8 != 0 {
+        if m.cols % 8 != 0 || m.cols % m.format.block_size() != 0 {
             return Err(Error::Model(format!(
-                "tensor '{}': row length {} is not a multiple of 8, which the kernels require",
-                m.name, m.cols
+                "tensor '{}': row length {} is not a multiple of 8 and of the {} block size {}",
+                m.name,
+                m.cols,
+                m.format.name(),
+                m.format.block_size()
             )));
         }
         let max_rows =

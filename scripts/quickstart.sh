@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# One command on a fresh machine: install what is missing, fetch the default model, build, and generate.
+# Usage: scripts/quickstart.sh ["your prompt"]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export NODEVICE_SELECT=1
+cargo build --release --quiet
+exec target/release/glint run -m models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf \
+  -p "${1:-Write a Rust function that reverses a string, with a short explanation.}" -n 256

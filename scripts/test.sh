@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command (what .ci/run runs): install what is missing, fetch the model in both forms, run
+# every test of the workspace, then each benchmark once in quick mode to check it still works.
+# GPU tests run on whatever Vulkan device is present (lavapipe on machines without a GPU); with CI=true
+# a missing adapter or model fails the run instead of skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --hf
+export NODEVICE_SELECT=1
+cargo test --release --workspace

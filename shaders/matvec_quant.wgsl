@@ -1,0 +1,231 @@
+// Matrix-vector product over quantized weights, batched over a few tokens (the contract of matvec.wgsl):
+//   y[t, row_offset + r] = acc + bias[row_offset + r] + W[r, :] . x[t, :]      for r < rows, t < n_tokens
+// acc is y's previous value when bit 1 of flags is set (the fused residual add), else 0. Decode runs it
+// with TOK = 1, prefill on barrier-averse devices with TOK = 8 (each decoded weight serves 8 tokens).
+//
+// Bindings (group 0), the numbering of matvec.wgsl:
+//   0 p     uniform  MatParams
+//   1 step  uniform  Step                   (n_tokens)
+//   2 w     storage  array<u32>        [rows, cols] of this chunk in the GPU layout of format WFMT
+//                                     (engine/src/quant.rs); cols % 32 == 0, and % 256 for the K-quants
+//   3 x     storage  array<vec4<f32>>  [n_tokens, cols]
+//   4 bias  storage  array<f32>        [row_offset + rows]   (read only when p.flags & 1)
+//   5 y     storage  array<f32>        [n_tokens, y_stride]
+// Workgroup: WG invocations = WG / TPR rows x TPR invocations (lanes) per row. A lane takes whole units
+// of a row, striding by TPR, then `row_sum` combines the TPR partial sums; no other barrier.
+//   32-element formats (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1): a unit is one block. The scale (and offset) are
+//     decoded once; each quant word gives 4 (Q8_0) or 8 (nibbles) levels with vector shifts, turned into
+//     weights by one fma and dotted with x as vec4.
+//   K-quants (Q4_K, Q5_K, Q6_K): a unit is a quarter super-block of 64 elements (8 quant words), so that
+//     the 19 super-blocks of a 4864-wide row spread over 76 units: two 32-element sub-blocks (Q4_K, Q5_K,
+//     one nibble each of the same words) or two 16-element-scale quarters (Q6_K).
+// Grid: (row groups, laid out 2-D past 65535, ceil(n_tokens / TOK)).
+// WFMT: 3 Q8_0, 4 Q4_0, 5 Q4_1, 6 Q5_0, 7 Q5_1, 8 Q4_K, 9 Q5_K, 10 Q6_K (glint::weights::wfmt).
+// Needs dequant.wgsl, then `row_sum` from reduce_subgroup.wgsl or reduce_shared.wgsl, appended at
+// pipeline creation.
+
+struct MatParams {
+    rows: u32,
+    cols: u32,
+    row_offset: u32,
+    flags: u32,      // bit 0: add bias, bit 1: accumulate into y
+    y_stride: u32,   // elements between rows (tokens) of y
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+struct Step {
+    n_tokens: u32,
+    pos0: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+override WFMT: u32 = 3u;
+override WG: u32 = 64u;
+override TPR: u32 = 8u;
+override TOK: u32 = 1u;   // tokens per workgroup, at most 8
+override RPI: u32 = 1u;   // rows per invocation: 1, 2 or 4, dividing WG / TPR
+
+@group(0) @binding(0) var<uniform> p: MatParams;
+@group(0) @binding(1) var<uniform> step: Step;
+@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+
+// The sums of the invocation's RPI rows x TOK tokens, row-major.
+var<private> acc: array<f32, 32>;
+// Per row: its unit's first word and the unit's affine map (unit_affine).
+var<private> ubw: array<u32, 4>;
+var<private> uaff: array<vec4<f32>, 4>;
+// x of the TOK tokens at the current word's low and high elements.
+var<private> xl: array<vec4<f32>, 8>;
+var<private> xh: array<vec4<f32>, 8>;
+
+// The weights of 8 elements decoded from one quant word.
+struct W8 {
+    lo: vec4<f32>,
+    hi: vec4<f32>,
+}
+
+// A unit is what a lane takes at a time: a 32-element block, or a 64-element quarter of a K-quant
+// super-block. It is read as NK words (pairs of words for Q8_0), word k giving the weights of the
+// elements at x's vec4s xi + k (lo) and xi + HO + k (hi).
+fn unit_elems() -> u32 {
+    return select(32u, 64u, WFMT >= 8u);
+}
+
+fn nk() -> u32 {
+    return select(4u, 8u, WFMT >= 8u);
+}
+
+fn ho() -> u32 {
+    switch WFMT {
+        case 8u, 9u: { return 8u; }
+        case 10u: { return 16u; }
+        default: { return 4u; }
+    }
+}
+
+// The first word of unit u (of the row starting at word rw) and, in `sub`, its quarter within the
+// super-block (K-quants).
+fn unit_word(rw: u32, u: u32) -> u32 {
+    if WFMT >= 8u {
+        return rw + (u / 4u) * dq_block_words();
+    }
+    return rw + u * dq_block_words();
+}
+
+// vec4 index of x of the unit's first lo element.
+fn unit_x(u: u32) -> u32 {
+    if WFMT == 10u {
+        // Q6_K quarter q = 2h + a: quarters a and a + 2 of half h.
+        let q = u % 4u;
+        return (u / 4u) * 64u + 32u * (q / 2u) + 8u * (q % 2u);
+    }
+    return u * (unit_elems() / 4u);
+}
+
+// The unit's affine maps, decoded once: weight = level * scale + offset.
+//   32-element blocks: (scale, offset, scale, offset) of the block (offset 0 with centred levels).
+//   Q4_K / Q5_K quarter c: (scale, offset) of sub-block 2c (lo), then of 2c + 1 (hi).
+//   Q6_K (no offset; a scale per 16 elements): lo and hi scales of words 0..4, then of words 4..8.
+fn unit_affine(bw: u32, q: u32) -> vec4<f32> {
+    switch WFMT {
+        case 8u, 9u: {
+            return vec4<f32>(dq_affine_k4(bw, 2u * q), dq_affine_k4(bw, 2u * q + 1u));
+        }
+        case 10u: {
+            let h = q / 2u;
+            let a = q % 2u;
+            let d = dq_lo16(w[bw + 52u]);
+            // scales[8h + 2a + (0, 1)] (quarter a) and scales[8h + 2a + 4 + (0, 1)] (quarter a + 2).
+            let s0 = w[bw + 48u + 2u * h] >> (16u * a);
+            let s1 = w[bw + 49u + 2u * h] >> (16u * a);
+            return d * vec4<f32>(
+                f32(dq_sext8(s0)), f32(dq_sext8(s1)), f32(dq_sext8(s0 >> 8u)), f32(dq_sext8(s1 >> 8u)),
+            );
+        }
+        default: {
+            let a = dq_affine32(bw);
+            return vec4<f32>(a, a);
+        }
+    }
+}
+
+// Word k of the unit at bw (quarter q of a super-block for the K-quants), as weights.
+fn unit_weights(bw: u32, q: u32, k: u32, a: vec4<f32>) -> W8 {
+    switch WFMT {
+        case 3u: {
+            return W8(dq_i8x4(w[bw + 1u + k]) * a.x, dq_i8x4(w[bw + 5u + k]) * a.x);
+        }
+        case 4u: {
+            let b = dq_q4_bytes(w[bw + 1u + k]);
+            return W8(dq_centered(b.x, 4u) * a.x, dq_centered(b.y, 4u) * a.x);
+        }
+        case 6u: {
+            let b = dq_q5_bytes(w[bw + 2u + k], w[bw + 1u], k);
+            return W8(dq_centered(b.x, 5u) * a.x, dq_centered(b.y, 5u) * a.x);
+        }
+        case 10u: {
+            let h = q / 2u;
+            let sa = q % 2u;
+            let b = dq_q6k_bytes(w[bw + 16u * h + 8u * sa + k], w[bw + 32u + 8u * h + k], sa);
+            let s = select(a.xy, a.zw, k >= 4u);
+            return W8(dq_centered(b.x, 6u) * s.x, dq_centered(b.y, 6u) * s.y);
+        }
+        default: {
+            // Q4_1, Q5_1, Q4_K, Q5_K: unsigned levels and a min.
+            var b: vec2<u32>;
+            switch WFMT {
+                case 5u: { b = dq_q4_bytes(w[bw + 1u + k]); }
+                case 7u: { b = dq_q5_bytes(w[bw + 2u + k], w[bw + 1u], k); }
+                case 8u: { b = dq_q4_bytes(w[bw + 4u + 8u * q + k]); }
+                default: { b = dq_q5k_bytes(w[bw + 12u + 8u * q + k], w[bw + 4u + k], q); }
+            }
+            return W8(fma(dq_ubytes(b.x), vec4<f32>(a.x), vec4<f32>(a.y)), fma(dq_ubytes(b.y), vec4<f32>(a.z), vec4<f32>(a.w)));
+        }
+    }
+}
+
+@compute @workgroup_size(WG / RPI)
+fn matvec_quant(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    // Rows r0 .. r0 + RPI; rows past the end compute on the last row and store nothing.
+    let r0 = (wid.x + wid.y * nwg.x) * (WG / TPR) + (lid / TPR) * RPI;
+    let lane = lid % TPR;
+    let t0 = wid.z * TOK;
+    let n_tok = min(TOK, step.n_tokens - min(t0, step.n_tokens));
+    let xrow = p.cols / 4u;
+    let tok_last = max(n_tok, 1u) - 1u;
+    for (var i = 0u; i < 32u; i = i + 1u) {
+        acc[i] = 0.0;
+    }
+    let row_words = (p.cols / dq_block_size()) * dq_block_words();
+    if r0 < p.rows {
+        for (var u = lane; u < p.cols / unit_elems(); u = u + TPR) {
+            let q = u % 4u;
+            for (var rr = 0u; rr < RPI; rr = rr + 1u) {
+                ubw[rr] = unit_word(min(r0 + rr, p.rows - 1u) * row_words, u);
+                uaff[rr] = unit_affine(ubw[rr], q);
+            }
+            let xi = unit_x(u);
+            for (var k = 0u; k < nk(); k = k + 1u) {
+                // Tokens past the end re-read the last one (their sums are never stored).
+                for (var t = 0u; t < TOK; t = t + 1u) {
+                    let xt = (t0 + min(t, tok_last)) * xrow + xi + k;
+                    xl[t] = x[xt];
+                    xh[t] = x[xt + ho()];
+                }
+                for (var rr = 0u; rr < RPI; rr = rr + 1u) {
+                    let wv = unit_weights(ubw[rr], q, k, uaff[rr]);
+                    for (var t = 0u; t < TOK; t = t + 1u) {
+                        acc[rr * TOK + t] = acc[rr * TOK + t] + dot(wv.lo, xl[t]) + dot(wv.hi, xh[t]);
+                    }
+                }
+            }
+        }
+    }
+    for (var rr = 0u; rr < RPI; rr = rr + 1u) {
+        let r = r0 + rr;
+        for (var t = 0u; t < TOK; t = t + 1u) {
+            let s = row_sum(acc[rr * TOK + t], lid);
+            if r < p.rows && lane == 0u && t < n_tok {
+                let o = (t0 + t) * p.y_stride + p.row_offset + r;
+                var v = s;
+                if (p.flags & 1u) != 0u {
+                    v = v + bias[p.row_offset + r];
+                }
+                if (p.flags & 2u) != 0u {
+                    v = v + y[o];
+                }
+                y[o] = v;
+            }
+        }
+    }
+}

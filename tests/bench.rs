@@ -1,0 +1,105 @@
+//! `glint::bench` on the tiny model: the report has the tests, repetitions and fields it promises.
+//! Speeds are never asserted (they depend on the machine and its load), only that times are positive.
+
+mod common;
+use common::{fixture, gpu};
+use glint::bench::{mean_sd, run_bench, BenchSpec};
+use glint::Model;
+
+fn spec() -> BenchSpec {
+    BenchSpec {
+        n_prompt: vec![8],
+        n_gen: vec![4],
+        reps: 2,
+        ..Default::default()
+    }
+}
+
+fn load(spec: &BenchSpec) -> Option<Model> {
+    gpu()?; // skip (locally) or fail (CI) when there is no adapter
+    let path = fixture("tiny-qwen2");
+    Some(Model::load(&path, spec.load_options(Default::default())).expect("load tiny-qwen2"))
+}
+
+#[test]
+fn report_shape_pp_and_tg() {
+    let spec = spec();
+    let Some(mut model) = load(&spec) else { return };
+    let r = run_bench(&mut model, &spec).expect("bench");
+
+    assert_eq!(r.model_filename, "tiny-qwen2");
+    assert_eq!(r.reps, 2);
+    assert!(r.model_size > 0 && r.model_n_params > 0);
+    assert!(r.gpu_allocated_bytes >= r.model_size + r.kv_bytes);
+    assert_eq!(r.ctx_size, spec.ctx_needed());
+    assert_eq!(r.ctx_size, 8.max(spec.tg_prompt + 4));
+    assert!(r.decode_dispatches > 0);
+    assert!(!r.device.is_empty() && r.backend.starts_with("wgpu-"));
+
+    let names: Vec<&str> = r.tests.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["pp8", "tg4"]);
+    for t in &r.tests {
+        assert_eq!(t.samples_ns.len(), 2, "{}", t.name);
+        assert_eq!(t.samples_ts.len(), 2, "{}", t.name);
+        assert!(t.samples_ns.iter().all(|&ns| ns > 0), "{}", t.name);
+        assert!(t.samples_ts.iter().all(|&ts| ts > 0.0 && ts.is_finite()));
+        assert!(t.avg_ts > 0.0 && t.stddev_ts >= 0.0 && t.avg_ns > 0.0);
+        assert_eq!((t.avg_ts, t.stddev_ts), mean_sd(&t.samples_ts));
+    }
+    let (pp, tg) = (&r.tests[0], &r.tests[1]);
+    assert_eq!((pp.n_prompt, pp.n_gen, pp.n_tokens), (8, 0, 8));
+    assert_eq!(pp.submits, 1);
+    assert!(pp.avg_gb_s.is_none());
+    assert_eq!((tg.n_prompt, tg.n_gen, tg.n_tokens), (spec.tg_prompt, 4, 4));
+    assert_eq!(tg.submits, 4);
+    assert_eq!(tg.submits_per_token, 1.0);
+    assert_eq!(tg.dispatches, 4 * r.decode_dispatches);
+    assert_eq!(tg.avg_ctx, spec.tg_prompt as f64 + 2.5);
+    assert!(tg.bytes_per_token.unwrap() > 0 && tg.avg_gb_s.unwrap() > 0.0);
+
+    // The JSON carries every repetition; the markdown has a row per test.
+    let j = serde_json::to_value(&r).unwrap();
+    assert_eq!(j["tests"][1]["samples_ns"].as_array().unwrap().len(), 2);
+    assert!(j["machine"]["date_utc"].as_str().unwrap().ends_with('Z'));
+    let md = r.to_markdown();
+    assert!(md.starts_with("| model"), "{md}");
+    assert_eq!(
+        md.lines().filter(|l| l.contains("| tiny-qwen2 ")).count(),
+        2,
+        "{md}"
+    );
+}
+
+#[test]
+fn skips_zero_lengths_and_rejects_bad_specs() {
+    let mut spec = spec();
+    spec.n_prompt = vec![0, 4];
+    spec.n_gen = vec![0];
+    spec.reps = 1;
+    let Some(mut model) = load(&spec) else { return };
+    let r = run_bench(&mut model, &spec).expect("bench");
+    let names: Vec<&str> = r.tests.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["pp4"]);
+    assert_eq!(r.tests[0].stddev_ts, 0.0, "one repetition has no spread");
+
+    let too_long = BenchSpec {
+        n_prompt: vec![64],
+        ..spec.clone()
+    };
+    let e = run_bench(&mut model, &too_long).unwrap_err().to_string();
+    assert!(e.contains("raise -c"), "{e}");
+    let no_reps = BenchSpec {
+        reps: 0,
+        ..spec.clone()
+    };
+    assert!(run_bench(&mut model, &no_reps).is_err());
+}
+
+#[test]
+fn utc_date_format() {
+    let d = glint::bench::utc_now();
+    assert_eq!(d.len(), 20, "{d}");
+    assert_eq!(&d[4..5], "-");
+    assert_eq!(&d[10..11], "T");
+    assert!(d[..4].parse::<u32>().unwrap() >= 2024);
+}

@@ -1,0 +1,405 @@
+//! The quantized-weight kernels (matvec_quant.wgsl, matmul.wgsl and embed.wgsl with dequant.wgsl) against
+//! the plain-Rust references, on the GPU, for every block type, at the shapes Qwen2-0.5B uses.
+//!
+//! Weights are random f32 quantized with ggml's reference quantizers (glint::quant::quantize: valid
+//! blocks, realistic scales) and repacked into the GPU layout; the reference runs on the same values
+//! decoded back from that layout (glint::reference::decode_weights), so the comparison isolates the
+//! kernels. Dot products use the rule of tests/kernels.rs: |gpu - ref| <= 1e-5 * sum |w x| + 1e-6.
+//! The embedding must equal the dequantized row bit for bit.
+//!
+//! K-quants need rows that are a multiple of 256: of the real shapes only 896 x 4864 (ffn_down) applies,
+//! so they are also tested at 256 x 512.
+
+mod common;
+use common::{gpu, run, Rng};
+use glint::graph::{Graph, Linear, LinearKind};
+use glint::kernels::{Kernels, Reduce, Shapes};
+use glint::quant::QuantType;
+use glint::reference as r;
+use glint::weights::{gpu_row_bytes, HostMatrix, Matrix};
+use std::borrow::Cow;
+use std::time::Instant;
+
+const QUANTS: [QuantType; 8] = [
+    QuantType::Q8_0,
+    QuantType::Q4_0,
+    QuantType::Q4_1,
+    QuantType::Q5_0,
+    QuantType::Q5_1,
+    QuantType::Q4_K,
+    QuantType::Q5_K,
+    QuantType::Q6_K,
+];
+
+fn is_k(f: QuantType) -> bool {
+    f.block_size() == 256
+}
+
+struct Ctx {
+    gpu: glint::gpu::Gpu,
+    k: Kernels,
+    step: wgpu::Buffer,
+    dummy: wgpu::Buffer,
+}
+
+/// A context whose kernel shapes are the device's, adjusted by `f`.
+fn ctx_with(f: impl FnOnce(&mut Shapes)) -> Option<Ctx> {
+    let gpu = gpu()?;
+    let mut shapes = Shapes::for_device(&gpu.caps);
+    f(&mut shapes);
+    let k = Kernels::new(&gpu, shapes).expect("pipelines");
+    let step = gpu.uniform_init("step", &[0u8; 16]);
+    let dummy = gpu.storage("dummy", 16).unwrap();
+    Some(Ctx {
+        gpu,
+        k,
+        step,
+        dummy,
+    })
+}
+
+impl Ctx {
+    fn buf(&self, v: &[f32]) -> wgpu::Buffer {
+        self.gpu.storage_init("t", bytemuck::cast_slice(v)).unwrap()
+    }
+    fn read(&self, b: &wgpu::Buffer, n: usize) -> Vec<f32> {
+        self.gpu.read_f32(b, 0, n).unwrap()
+    }
+    fn graph(&self) -> Graph<'_> {
+        Graph::new(&self.gpu, &self.k, &self.step, &self.dummy)
+    }
+    fn upload(&self, f: QuantType, rows: usize, cols: usize, bytes: Vec<u8>, chunk: u64) -> Matrix {
+        let hm = HostMatrix {
+            name: "w".into(),
+            format: f,
+            rows,
+            cols,
+            data: Cow::Owned(bytes),
+        };
+        Matrix::upload_chunked(&self.gpu, &hm, chunk).unwrap()
+    }
+    /// A random matrix quantized to `f` and repacked, uploaded in chunks of at most `chunk` bytes; with
+    /// the f32 values the GPU layout decodes to.
+    fn matrix(
+        &self,
+        rng: &mut Rng,
+        f: QuantType,
+        rows: usize,
+        cols: usize,
+        chunk: u64,
+    ) -> (Matrix, Vec<f32>) {
+        let host = rng.vec(rows * cols, 0.5);
+        let words = glint::quant::repack_for_gpu(f, &glint::quant::quantize(f, &host));
+        let bytes: Vec<u8> = bytemuck::cast_slice(&words).to_vec();
+        let seen = r::decode_weights(f, &bytes);
+        (self.upload(f, rows, cols, bytes, chunk), seen)
+    }
+}
+
+/// |gpu - ref| <= 1e-5 * sum_k |w_k x_k| + 1e-6 for output (token t, row n).
+fn check_output(name: &str, t: usize, n: usize, got: f32, want: f32, w_row: &[f32], x_row: &[f32]) {
+    let l1: f32 = w_row.iter().zip(x_row).map(|(a, b)| (a * b).abs()).sum();
+    let tol = 1e-5 * l1 + 1e-6;
+    assert!(
+        (got - want).abs() <= tol,
+        "{name}: token {t} row {n}: gpu {got} vs reference {want} (tolerance {tol})"
+    );
+}
+
+fn check_linear(name: &str, got: &[f32], want: &[f32], w: &[f32], cols: usize, x: &[f32]) {
+    let rows = w.len() / cols;
+    for (i, (g, e)) in got.iter().zip(want).enumerate() {
+        let (t, n) = (i / rows, i % rows);
+        let (wr, xr) = (&w[n * cols..(n + 1) * cols], &x[t * cols..(t + 1) * cols]);
+        check_output(name, t, n, *g, *e, wr, xr);
+    }
+}
+
+/// y = y0 + bias + W x through `Graph::linear` (the fused bias and residual accumulate), against the
+/// reference.
+fn linear_case(
+    c: &Ctx,
+    f: QuantType,
+    rows: usize,
+    cols: usize,
+    n_tokens: usize,
+    kind: LinearKind,
+    split: bool,
+) {
+    let mut rng = Rng::new((rows * 31 + cols * 7 + n_tokens) as u64 ^ f.ggml_id() as u64);
+    let chunk = if split {
+        (rows / 3 + 1) as u64 * gpu_row_bytes(f, cols) as u64
+    } else {
+        u64::MAX
+    };
+    let (m, w) = c.matrix(&mut rng, f, rows, cols, chunk);
+    if split {
+        assert_eq!(m.chunks.len(), 3);
+    }
+    let x = rng.vec(n_tokens * cols, 1.0);
+    let bias = rng.vec(rows, 1.0);
+    let y0 = rng.vec(n_tokens * rows, 1.0);
+    let lin = Linear {
+        w: m,
+        b: Some(c.buf(&bias)),
+    };
+    let (xb, yb) = (c.buf(&x), c.buf(&y0));
+    let mut g = c.graph();
+    g.linear(&lin, &xb, &yb, true, kind);
+    run(&c.gpu, &g.finish(), &c.step, n_tokens as u32, 0);
+    let got = c.read(&yb, n_tokens * rows);
+    let want = r::linear(&w, cols, &x, Some(&bias), Some(&y0));
+    let name = format!(
+        "{kind:?} {} {rows}x{cols} n={n_tokens} split={split}",
+        f.name()
+    );
+    check_linear(&name, &got, &want, &w, cols, &x);
+}
+
+/// Decode matvec (TOK = 1) for every block type at the real shapes its rows allow, and split across
+/// bindings.
+#[test]
+fn matvec_quant_all_types_real_shapes() {
+    let Some(c) = ctx_with(|_| {}) else { return };
+    for f in QUANTS {
+        if is_k(f) {
+            linear_case(&c, f, 896, 4864, 1, LinearKind::Vec, false);
+            linear_case(&c, f, 256, 512, 1, LinearKind::Vec, false);
+            linear_case(&c, f, 600, 512, 1, LinearKind::Vec, true);
+        } else {
+            for (rows, cols) in [(896, 896), (4864, 896), (896, 4864)] {
+                linear_case(&c, f, rows, cols, 1, LinearKind::Vec, false);
+            }
+            linear_case(&c, f, 1000, 896, 1, LinearKind::Vec, true);
+        }
+    }
+}
+
+/// The other workgroup geometries of the quantized matvec: 1 and 4 rows per invocation, and the
+/// portable workgroup-memory reduction with 32 lanes per row (the shape of a GPU without fixed-size
+/// subgroups: a 32-element-block row of 896 has 28 blocks, fewer than the lanes), decode and prefill.
+#[test]
+fn matvec_quant_workgroup_shapes() {
+    let shapes: [(Option<(u32, u32)>, u32); 4] = [
+        (None, 1),
+        (None, 4),
+        (Some((32, 128)), 1),
+        (Some((32, 128)), 4),
+    ];
+    for (shared, rows_per_inv) in shapes {
+        let Some(c) = ctx_with(|s| {
+            s.quant_rows = rows_per_inv;
+            s.prefill_tok = Some(8);
+            if let Some((tpr, wg)) = shared {
+                s.reduce = Reduce::Shared;
+                s.tpr = tpr;
+                s.matvec_wg = wg;
+            }
+        }) else {
+            return;
+        };
+        for f in QUANTS {
+            let (rows, cols) = if is_k(f) { (600, 512) } else { (1000, 896) };
+            linear_case(&c, f, rows, cols, 1, LinearKind::Vec, true);
+            linear_case(&c, f, rows, cols, 9, LinearKind::Mat, false);
+        }
+    }
+}
+
+/// Prefill through matvec over blocks of 8 tokens (CPU devices), with a partial last block.
+#[test]
+fn prefill_token_blocks_all_types() {
+    let Some(c) = ctx_with(|s| s.prefill_tok = Some(8)) else {
+        return;
+    };
+    for f in QUANTS {
+        let (rows, cols) = if is_k(f) { (256, 512) } else { (896, 896) };
+        for n in [7, 33] {
+            linear_case(&c, f, rows, cols, n, LinearKind::Mat, false);
+        }
+        if is_k(f) {
+            linear_case(&c, f, 896, 4864, 7, LinearKind::Mat, false);
+        } else {
+            linear_case(&c, f, 1000, 896, 9, LinearKind::Mat, true);
+        }
+    }
+}
+
+/// Prefill through the tiled matmul (real GPUs).
+#[test]
+fn prefill_tiled_all_types() {
+    let Some(c) = ctx_with(|s| s.prefill_tok = None) else {
+        return;
+    };
+    for f in QUANTS {
+        let (rows, cols) = if is_k(f) { (256, 512) } else { (896, 896) };
+        for n in [7, 33] {
+            linear_case(&c, f, rows, cols, n, LinearKind::Mat, false);
+        }
+        if is_k(f) {
+            linear_case(&c, f, 896, 4864, 7, LinearKind::Mat, false);
+        } else {
+            linear_case(&c, f, 1000, 896, 9, LinearKind::Mat, true);
+        }
+    }
+}
+
+/// The Q8_0 LM head at its real shape, 151936 x 896: 153 MB, more than lavapipe's 128 MiB binding
+/// limit, so it is split in chunks. 2000 random rows (and the first and last rows of every chunk) are
+/// compared with the reference.
+#[test]
+fn matvec_q8_0_lm_head_real_shape() {
+    let Some(c) = ctx_with(|_| {}) else { return };
+    let f = QuantType::Q8_0;
+    let (rows, cols) = (151936, 896);
+    let mut rng = Rng::new(42);
+    // Quantize row by row: the f32 matrix would take 544 MB.
+    let mut bytes = Vec::with_capacity(rows * gpu_row_bytes(f, cols));
+    for _ in 0..rows {
+        let row = rng.vec(cols, 0.5);
+        let words = glint::quant::repack_for_gpu(f, &glint::quant::quantize(f, &row));
+        bytes.extend_from_slice(bytemuck::cast_slice(&words));
+    }
+    let row_bytes = gpu_row_bytes(f, cols);
+    let m = c.upload(f, rows, cols, bytes.clone(), u64::MAX);
+    if bytes.len() as u64 > c.gpu.caps.max_storage_binding {
+        assert!(
+            m.chunks.len() > 1,
+            "a matrix over the binding limit is split"
+        );
+    }
+    let mut sample: Vec<usize> = (0..2000)
+        .map(|_| (rng.next_u64() % rows as u64) as usize)
+        .collect();
+    for ch in &m.chunks {
+        sample.extend([ch.row_start, ch.row_start + ch.rows - 1]);
+    }
+    let x = rng.vec(cols, 1.0);
+    let lin = Linear { w: m, b: None };
+    let xb = c.buf(&x);
+    let yb = c.gpu.storage("logits", (rows * 4) as u64).unwrap();
+    let mut g = c.graph();
+    g.linear(&lin, &xb, &yb, false, LinearKind::Vec);
+    run(&c.gpu, &g.finish(), &c.step, 1, 0);
+    let got = c.read(&yb, rows);
+    for n in sample {
+        let w = r::decode_weights(f, &bytes[n * row_bytes..(n + 1) * row_bytes]);
+        let want = r::linear(&w, cols, &x, None, None)[0];
+        check_output("Q8_0 LM head", 0, n, got[n], want, &w, &x);
+    }
+}
+
+/// Embedding rows of quantized tables split across bindings: the GPU output is the dequantized row,
+/// bit for bit (it decodes each element with the reference's operations, in the same order).
+#[test]
+fn embed_quant_rows_bit_exact() {
+    let Some(c) = ctx_with(|_| {}) else { return };
+    for f in QUANTS {
+        // Q5_0 and Q8_0 are the real GGUF's embedding / LM head; the K-quants need 256-multiples.
+        let cols = if is_k(f) { 1024 } else { 896 };
+        let rows = 1000;
+        let mut rng = Rng::new(7 + f.ggml_id() as u64);
+        let (m, seen) = c.matrix(
+            &mut rng,
+            f,
+            rows,
+            cols,
+            (300 * gpu_row_bytes(f, cols)) as u64,
+        );
+        assert_eq!(m.chunks.len(), 4);
+        let tokens: Vec<u32> = vec![0, 299, 300, 999, 512, 7, 600, 899, 900];
+        let tok_buf = c
+            .gpu
+            .storage_init("tokens", bytemuck::cast_slice(&tokens))
+            .unwrap();
+        let out = c
+            .gpu
+            .storage("out", (tokens.len() * cols * 4) as u64)
+            .unwrap();
+        let mut g = c.graph();
+        g.embed(&m, &tok_buf, &out);
+        run(&c.gpu, &g.finish(), &c.step, tokens.len() as u32, 0);
+        let got = c.read(&out, tokens.len() * cols);
+        let want = r::embed(&seen, cols, &tokens);
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                a.to_bits() == b.to_bits(),
+                "embed {}: token {} element {}: gpu {a:e} ({:#010x}) vs reference {b:e} ({:#010x})",
+                f.name(),
+                tokens[i / cols],
+                i % cols,
+                a.to_bits(),
+                b.to_bits()
+            );
+        }
+    }
+}
+
+/// Wall-clock per matvec dispatch (submit + blocking poll) for every format at 4864 x 896, and at
+/// 896 x 4864 (the K-quants' shape): decode (one token) and, with matvec over blocks of 8 tokens, an
+/// 8-token prefill. The formats take turns, round after round, and the fastest and the median round are
+/// printed (the machine may be shared: the minimum is the steadier figure). Printed, never asserted:
+/// `-- --nocapture` to see it. GLINT_TIMING_ITERS=n rounds (default 5); GLINT_QUANT_ROWS=r overrides
+/// Shapes::quant_rows.
+#[test]
+fn matvec_timing_by_format() {
+    let quant_rows: Option<u32> = std::env::var("GLINT_QUANT_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let Some(c) = ctx_with(|s| {
+        s.prefill_tok = Some(8);
+        if let Some(r) = quant_rows {
+            s.quant_rows = r;
+        }
+    }) else {
+        return;
+    };
+    let iters: usize = std::env::var("GLINT_TIMING_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    println!(
+        "matvec, ms per dispatch, min / median of {iters} ({}, quant_rows {})",
+        c.gpu.describe(),
+        c.k.shapes.quant_rows
+    );
+    for (kind, n) in [(LinearKind::Vec, 1), (LinearKind::Mat, 8)] {
+        for (rows, cols) in [(4864, 896), (896, 4864)] {
+            let mut rng = Rng::new(9);
+            let x = rng.vec(n * cols, 1.0);
+            let (xb, yb) = (
+                c.buf(&x),
+                c.gpu.storage("y", (n * rows * 4) as u64).unwrap(),
+            );
+            let mut plans: Vec<_> = QuantType::ALL
+                .into_iter()
+                .filter(|f| cols % f.block_size() == 0)
+                .map(|f| {
+                    let (m, _) = c.matrix(&mut rng, f, rows, cols, u64::MAX);
+                    let lin = Linear { w: m, b: None };
+                    let mut g = c.graph();
+                    g.linear(&lin, &xb, &yb, false, kind);
+                    let plan = g.finish();
+                    // Warm-up: the driver compiles on first use.
+                    run(&c.gpu, &plan, &c.step, n as u32, 0);
+                    (f, plan, Vec::new())
+                })
+                .collect();
+            for _ in 0..iters {
+                for (_, plan, times) in &mut plans {
+                    let t = Instant::now();
+                    run(&c.gpu, plan, &c.step, n as u32, 0);
+                    times.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            let mut line = format!("{n} token(s) {rows}x{cols}:");
+            for (f, _, mut times) in plans {
+                times.sort_by(f64::total_cmp);
+                let (min, med) = (times[0], times[times.len() / 2]);
+                line += &format!(" {} {min:.2}/{med:.2}", f.name());
+            }
+            println!("{line}");
+        }
+    }
+}
