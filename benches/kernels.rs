@@ -499,7 +499,7 @@ impl Lab {
             ));
             return false;
         }
-        if cols % f.block_size() != 0 {
+        if !cols.is_multiple_of(f.block_size()) {
             self.note(format!(
                 "{}: rows of {} elements are not a multiple of its block of {}, so only shapes with \
                  cols % {} == 0 are run",

@@ -95,8 +95,9 @@ untimed 8-token prompt (`--tg-prompt 0` starts from an empty cache as llama-benc
 the difference is a few percent of the attention work). Token ids are fixed pseudo-random ids;
 tokenization and sampling are not timed. Each test runs once untimed (shortened) and then `-r` times;
 **t/s** is the mean ± sample standard deviation of the per-repetition tokens per second. **size** is the
-weight bytes resident on the GPU and **params** the parameter count (a separate LM head counts, as in
-llama-bench). **GB/s** (tg only) is the memory traffic a decode step needs at the test's average
+weight bytes resident on the GPU (quantized blocks padded to whole 4-byte words, so a few percent
+more than llama-bench's size of the same GGUF) and **params** the parameter count (a separate LM head
+counts, as in llama-bench). **GB/s** (tg only) is the memory traffic a decode step needs at the test's average
 context (every weight matrix once, one embedding row, the K/V rows attended to:
 `Model::bytes_per_token`) times t/s; compare it with the device's memory or copy bandwidth (kernel lab
 header) to see how far decoding is from the bandwidth bound. **disp/tok** and **submits/tok** are the
@@ -133,7 +134,7 @@ bench_model() {
         return
     fi
     echo '```'
-    echo "\$ glint bench -m $model -p $P -n $N -r $R $GLINT_BENCH_ARGS"
+    echo "\$ glint bench -m $model -p $P -n $N -r $R${GLINT_BENCH_ARGS:+ $GLINT_BENCH_ARGS}"
     echo '```'
     echo
     log "glint bench $model (-p $P -n $N -r $R)"
@@ -197,7 +198,7 @@ bench_model "$(basename "$BF16") (safetensors bf16)" "$BF16" "$TMP/glint-bf16.js
         # shellcheck disable=SC2086
         if "$LLAMA_BENCH" -m "$GGUF" -p "$P" -n "$N" -r "$R" -t "$LLAMA_THREADS" $LLAMA_BENCH_ARGS \
             -o json -oe md > "$TMP/llama.json" 2> "$TMP/llama.err"; then
-            grep -E '^(\||build:)' "$TMP/llama.err" || true
+            awk '/^\|/ { p = 1 } p { print } /^build:/ { exit }' "$TMP/llama.err"
             echo
             echo "load average after llama-bench: $(load)"
             echo

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 need=()
 ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json >/dev/null 2>&1 || need+=(mesa-vulkan-drivers libvulkan1)
 command -v unzip >/dev/null || need+=(unzip)
+# tmux: tests/cli_chat.rs drives `glint chat` in a terminal pane.
+command -v tmux >/dev/null || need+=(tmux)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 if ((${#need[@]})); then
   echo "setup: installing ${need[*]}" >&2

@@ -8,3 +8,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --hf
 export NODEVICE_SELECT=1
 cargo test --release --workspace
+# Each kernel benchmark once (validation included), so a broken benchmark cannot land unseen.
+cargo bench --bench kernels -- --quick

@@ -14,10 +14,10 @@
 // Two families of functions:
 //   - dq_elem(i): element i of the row-major matrix, with the operations of dequantize_gpu in the same
 //     order, so the value is bit-identical to the CPU reference (the embedding's contract; matmul's W tile).
-//   - the group decoders (dq_affine*, dq_*_pair, dq_i8x4): for dot products. They return the integer
-//     levels of 4 consecutive elements as vec4<f32> and, once per block or sub-block, the affine map
-//     value = level * scale + offset as vec2(scale, offset). Each decodes whole u32 words with vector
-//     shifts: 4 bytes or 8 nibbles per word.
+//   - group decoders, for dot products: once per block or sub-block its affine map (dq_affine32,
+//     dq_affine_k4: weight = level * scale + offset); per quant word, a few scalar operations gather its
+//     levels one per byte (dq_q4_bytes, dq_q5_bytes, dq_q5k_bytes, dq_q6k_bytes: 8 levels in two words),
+//     then dq_ubytes / dq_centered / dq_i8x4 unpack 4 levels into a vec4<f32> with vector shifts.
 
 // Bit offsets of the 4 bytes of a word.
 const DQ_B = vec4<u32>(0u, 8u, 16u, 24u);

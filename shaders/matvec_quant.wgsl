@@ -2,6 +2,7 @@
 //   y[t, row_offset + r] = acc + bias[row_offset + r] + W[r, :] . x[t, :]      for r < rows, t < n_tokens
 // acc is y's previous value when bit 1 of flags is set (the fused residual add), else 0. Decode runs it
 // with TOK = 1, prefill on barrier-averse devices with TOK = 8 (each decoded weight serves 8 tokens).
+// RPI (rows per invocation) is Shapes::quant_rows.
 //
 // Bindings (group 0), the numbering of matvec.wgsl:
 //   0 p     uniform  MatParams
@@ -11,14 +12,20 @@
 //   3 x     storage  array<vec4<f32>>  [n_tokens, cols]
 //   4 bias  storage  array<f32>        [row_offset + rows]   (read only when p.flags & 1)
 //   5 y     storage  array<f32>        [n_tokens, y_stride]
-// Workgroup: WG invocations = WG / TPR rows x TPR invocations (lanes) per row. A lane takes whole units
-// of a row, striding by TPR, then `row_sum` combines the TPR partial sums; no other barrier.
-//   32-element formats (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1): a unit is one block. The scale (and offset) are
-//     decoded once; each quant word gives 4 (Q8_0) or 8 (nibbles) levels with vector shifts, turned into
-//     weights by one fma and dotted with x as vec4.
+// Workgroup: WG / RPI invocations: (WG / TPR) / RPI row slots x TPR invocations (lanes) per slot, each
+// lane working on RPI consecutive rows, so a workgroup covers WG / TPR rows as in matvec.wgsl. A lane takes
+// whole units of its rows, striding by TPR; per unit it decodes each row's scales once, then per quant word
+// loads x of the TOK tokens once (as vec4) for all RPI rows: x, re-read per row and per token, is what
+// dominates on CPU devices. `row_sum` combines the TPR partial sums; no other barrier.
+//   32-element formats (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1): a unit is one block, its scale (and min) decoded
+//     once. Each quant word gives 8 weights (Q8_0: two words of 4 signed bytes): scalar shifts and masks
+//     put one level per byte (Q5: the qh bits spread with a multiply), vector shifts unpack 4 bytes,
+//     one multiply (signed levels, centred by flipping their top bit) or fma (levels and a min) scales
+//     them.
 //   K-quants (Q4_K, Q5_K, Q6_K): a unit is a quarter super-block of 64 elements (8 quant words), so that
-//     the 19 super-blocks of a 4864-wide row spread over 76 units: two 32-element sub-blocks (Q4_K, Q5_K,
-//     one nibble each of the same words) or two 16-element-scale quarters (Q6_K).
+//     the 19 super-blocks of a 4864-wide row spread over 76 units: two 32-element sub-blocks (Q4_K, Q5_K:
+//     the low and high nibbles of the same words, scale and min each) or quarters a and a + 2 of a
+//     Q6_K half (ql nibbles and 2 qh bits; a scale per 16 elements).
 // Grid: (row groups, laid out 2-D past 65535, ceil(n_tokens / TOK)).
 // WFMT: 3 Q8_0, 4 Q4_0, 5 Q4_1, 6 Q5_0, 7 Q5_1, 8 Q4_K, 9 Q5_K, 10 Q6_K (glint::weights::wfmt).
 // Needs dequant.wgsl, then `row_sum` from reduce_subgroup.wgsl or reduce_shared.wgsl, appended at
@@ -71,8 +78,8 @@ struct W8 {
 }
 
 // A unit is what a lane takes at a time: a 32-element block, or a 64-element quarter of a K-quant
-// super-block. It is read as NK words (pairs of words for Q8_0), word k giving the weights of the
-// elements at x's vec4s xi + k (lo) and xi + HO + k (hi).
+// super-block. It is read as nk() words (pairs of words for Q8_0), word k giving the weights of the
+// elements at x's vec4s xi + k (lo) and xi + ho() + k (hi).
 fn unit_elems() -> u32 {
     return select(32u, 64u, WFMT >= 8u);
 }
@@ -89,8 +96,8 @@ fn ho() -> u32 {
     }
 }
 
-// The first word of unit u (of the row starting at word rw) and, in `sub`, its quarter within the
-// super-block (K-quants).
+// The first word of the block holding unit u (the super-block, for the K-quants: the unit is its quarter
+// u % 4) in the row that starts at word rw.
 fn unit_word(rw: u32, u: u32) -> u32 {
     if WFMT >= 8u {
         return rw + (u / 4u) * dq_block_words();

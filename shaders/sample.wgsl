@@ -10,30 +10,34 @@
 //   1 logits  storage  array<f32>        [>= n_valid]          read only
 //   2 window  storage  array<u32>        [>= n_window]         ids to penalise (duplicates are harmless)
 //   3 keys    storage  array<vec4<u32>>  [ceil(n_valid / 4)]   scratch: key(score) of each id, 0 past n_valid
-//   4 out     storage  array<u32>        [4]   0: the chosen id; debugging: 1: the kept count, 2: the kept
+//   4 out     storage  array<u32>        [8]   0: the chosen id; debugging: 1: the kept count, 2: the kept
 //                                               mass (f32 bits: sum of exp(score - max) over the kept set),
-//                                               3: the final threshold key (kept = key >= it, then min-p)
+//                                               3: the final threshold key (kept = key >= it, then min-p),
+//                                               4: the short list's length (0: not used), 5..7: unused
 // Workgroup: 256 invocations, a single workgroup: dispatch (1, 1, 1). Phases:
-//   1 keys[i] = key(logit / T), strided by vec4; then (storage barrier) the window ids get the penalised
-//     logit, written from the original logit, so that a repeated id is penalised once.
+//   1 keys[i] = key(logit / T), strided by vec4, and each invocation's max. With a window: (storage
+//     barrier) the window ids get the penalised logit, written from the original logit so that a
+//     repeated id is penalised once, and the max is taken again.
 //   2 the max key and its lowest id (two-level reduction in workgroup memory). Greedy stops here.
 //   3 top-k: the largest t with count(key >= t) >= k, which is the k-th largest key; ties at it are kept.
 //   4 top-p: the largest t >= t_k with mass(key >= t) >= top_p * mass(key >= t_k), mass = exp(s - max).
 //     Every key k >= t then has mass(key > k) < top_p * Z, which is transformers' rule (sort ascending,
 //     remove cumsum <= 1 - top_p) for distinct scores. Tie caveat: tokens with equal scores are kept or
 //     dropped together here, while transformers' sort may split a tie group at the boundary.
-//     Both searches: 11 passes, each counting (or summing mass) at 8 thresholds spread over [lo, hi]
-//     (two vec4 accumulators per invocation), which narrows hi - lo 8-fold: 8^11 > 2^32.
-//     Short list: once count(key >= lo) <= 256 during the top-k search, the next pass also appends those
-//     ids to workgroup memory (one per invocation, then sorted by id); every later pass, top-p and the
-//     draw then read the list instead of the 151936 keys. Without top-k (or k > 256) all passes are full.
+//     Both searches: 12 passes, each counting (or summing mass) at 8 thresholds in [lo, hi] (two vec4
+//     accumulators per invocation): the first spaced geometrically below the max, the others evenly,
+//     which narrows hi - lo 8-fold per pass (8^11 > 2^32).
+//     Short list: once count(key >= lo) <= 256, the next pass also appends those keys to workgroup
+//     memory (one per invocation, sorted by id); the later passes, top-p and the draw read the list
+//     instead of all the keys. With a small k, or a peaked top-p, that is after 2 or 3 full passes.
+//     Otherwise (k > 256, big tie groups, flat top-p) every pass reads all the keys.
 //   5 min-p: kept also needs exp(s - max) >= min_p (the max has exp 0 = 1, so prob >= min_p * max prob).
-//   6 the draw: each invocation sums the kept masses of its contiguous chunk of ids (or of its list
-//     entry); invocation 0 scans the 256 sums in id order and finds where the running mass first exceeds
+//   6 the draw: each invocation sums the kept masses of its contiguous chunk of ids (or its list entry);
+//     invocation 0 scans the 256 sums in id order and finds where the running mass first exceeds
 //     u * total; that chunk is staged in workgroup memory and rescanned with the same additions. If the
 //     total is 0 or not finite (all -inf), the argmax is chosen.
-// Barriers: 2 per search pass, about 30 for the full pipeline; phases that are off (top_k 0, top-p 1,
-// no window) are skipped by uniform branches. Every sum has a fixed order: same inputs, same id.
+// Barriers: 3 per search pass (5 while summing mass), 2 to 6 elsewhere; phases that are off (top_k 0,
+// top_p 1, no window) are skipped by uniform branches. Every sum has a fixed order: same inputs, same id.
 
 struct SampleParams {
     n_valid: u32,
@@ -72,6 +76,7 @@ const POS_ZERO_KEY: u32 = 0x80000000u;
 
 var<workgroup> part: array<vec4<f32>, 512>;
 var<workgroup> part2: array<vec4<f32>, 32>;
+var<workgroup> part3: array<vec4<f32>, 2>;
 var<workgroup> arg_k: array<u32, 256>;
 var<workgroup> arg_i: array<u32, 256>;
 var<workgroup> arg2_k: array<u32, 16>;
@@ -79,7 +84,7 @@ var<workgroup> arg2_i: array<u32, 16>;
 var<workgroup> list_key: array<u32, 256>;
 var<workgroup> list_id: array<u32, 256>;
 var<workgroup> list_n: atomic<u32>;
-// Invocation 0's draw, for all: (chunk, valid, -, -) and (goal, mass before the chunk).
+// Invocation 0's draw, for all: (chunk, total valid) and (goal, mass before the chunk).
 var<workgroup> sel_u: vec2<u32>;
 var<workgroup> sel_f: vec2<f32>;
 
@@ -126,8 +131,9 @@ fn better(k: u32, i: u32, bk: u32, bi: u32) -> bool {
     return k > bk || (k == bk && i < bi);
 }
 
-// The workgroup sum of two vec4 per invocation. Every invocation gets the same result (same additions in
-// the same order). Two barriers: 512 vec4 -> 32 partial sums (by 32 invocations) -> every invocation.
+// The workgroup sum of two vec4 per invocation, in a fixed order. Three barriers: 512 vec4 -> 32 partial
+// sums (by 32 invocations) -> 2 (by 2) -> every invocation. (Fewer loads per invocation than a
+// two-level version, which matters where workgroup memory is emulated, as on lavapipe.)
 fn reduce2(lid: u32, a: vec4<f32>, b: vec4<f32>) -> array<vec4<f32>, 2> {
     part[lid] = a;
     part[WG + lid] = b;
@@ -141,13 +147,15 @@ fn reduce2(lid: u32, a: vec4<f32>, b: vec4<f32>) -> array<vec4<f32>, 2> {
         part2[lid] = s;
     }
     workgroupBarrier();
-    var ra = vec4<f32>(0.0);
-    var rb = vec4<f32>(0.0);
-    for (var j = 0u; j < 16u; j++) {
-        ra += part2[j];
-        rb += part2[16u + j];
+    if lid < 2u {
+        var s = vec4<f32>(0.0);
+        for (var j = 0u; j < 16u; j++) {
+            s += part2[lid * 16u + j];
+        }
+        part3[lid] = s;
     }
-    return array<vec4<f32>, 2>(ra, rb);
+    workgroupBarrier();
+    return array<vec4<f32>, 2>(part3[0], part3[1]);
 }
 
 // Adds one key's weights at the 8 thresholds: row 0 weighs w0, rows 1..7 weigh w.
@@ -307,17 +315,26 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
         atomicStore(&list_n, 0u);
     }
 
-    // 1. Keys of the tempered logits; the window ids are rewritten with the penalty.
+    // 1. Keys of the tempered logits, and this invocation's max key (lowest id on ties: ids ascend
+    // within an invocation, so '>' keeps the lowest).
+    var bk = 0u;
+    var bi = 0xffffffffu;
     for (var i = lid; i < n4; i += WG) {
         var k4 = vec4<u32>(0u);
         for (var c = 0u; c < 4u; c++) {
             let id = i * 4u + c;
             if id < n {
-                k4[c] = score_key(logits[id], false);
+                let k = score_key(logits[id], false);
+                k4[c] = k;
+                if k > bk {
+                    bk = k;
+                    bi = id;
+                }
             }
         }
         keys[i] = k4;
     }
+    // The window ids are rewritten with the penalty; then the max is taken again.
     if p.n_window > 0u {
         storageBarrier();
         for (var j = lid; j < p.n_window; j += WG) {
@@ -327,20 +344,20 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
             }
         }
         storageBarrier();
-    }
-
-    // 2. The max key, lowest id on ties. Within an invocation ids ascend, so '>' keeps the lowest.
-    var bk = 0u;
-    var bi = 0xffffffffu;
-    for (var i = lid; i < n4; i += WG) {
-        let k4 = keys[i];
-        for (var c = 0u; c < 4u; c++) {
-            if k4[c] > bk {
-                bk = k4[c];
-                bi = i * 4u + c;
+        bk = 0u;
+        bi = 0xffffffffu;
+        for (var i = lid; i < n4; i += WG) {
+            let k4 = keys[i];
+            for (var c = 0u; c < 4u; c++) {
+                if k4[c] > bk {
+                    bk = k4[c];
+                    bi = i * 4u + c;
+                }
             }
         }
     }
+
+    // 2. The max key over the workgroup.
     arg_k[lid] = bk;
     arg_i[lid] = bi;
     workgroupBarrier();
@@ -371,6 +388,7 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
             out[1] = 1u;
             out[2] = bitcast<u32>(1.0);
             out[3] = kmax;
+            out[4] = 0u;
         }
         return;
     }
@@ -485,5 +503,6 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
         out[1] = u32(kept_n);
         out[2] = bitcast<u32>(total);
         out[3] = t;
+        out[4] = select(0u, list_len, listed);
     }
 }

@@ -2,7 +2,11 @@
 //! real Qwen2 vocabulary: 151936 logits of which 151646 are valid ids. The kernel's debugging words (kept
 //! count, kept mass) are compared with the reference's kept set; every drawn id must be in that set.
 //! Filter boundaries are placed with a margin (a cut between two distinct values, or between tie
-//! groups), so f32 rounding on the GPU cannot move them; tests/sampler.rs says where.
+//! groups: `top_p_with_margin`, `min_p_with_margin`), so f32 rounding on the GPU cannot move them.
+//! The kernel has two paths, whole-vocabulary passes and a short list of <= 256 candidates; the tests
+//! assert which one ran (output word 4) so that both are covered.
+//!
+//! Timing: `cargo test --release --test sampler -- --ignored --nocapture`.
 
 mod common;
 use common::{gpu, Rng};
@@ -26,7 +30,15 @@ struct Ctx {
 fn ctx() -> Option<Ctx> {
     let gpu = gpu()?;
     let logits = gpu.storage("logits", VOCAB as u64 * 4).unwrap();
-    let sampler = GpuSampler::new(&gpu, &logits, N_VALID, 4096).expect("sampler");
+    // SAMPLE_WGSL_SUITE=path runs the suite against a variant of shaders/sample.wgsl (kernel development).
+    let sampler = match std::env::var("SAMPLE_WGSL_SUITE") {
+        Ok(path) => {
+            let src = std::fs::read_to_string(path).unwrap();
+            GpuSampler::with_source(&gpu, &logits, N_VALID, 4096, &src)
+        }
+        Err(_) => GpuSampler::new(&gpu, &logits, N_VALID, 4096),
+    }
+    .expect("sampler");
     let readback = gpu.readback("sample.readback", OUTPUT_WORDS as u64 * 4);
     Some(Ctx {
         gpu,
@@ -91,7 +103,7 @@ fn reference_kept(logits: &[f32], p: &SamplingParams, window: &[u32]) -> (usize,
 }
 
 /// The GPU keeps exactly the reference's set: same count, same mass (f32 sums: 1e-4 relative), and
-/// `draws` draws with fresh u all land in it. Returns the kept count.
+/// `draws` draws with fresh u all land in it. Returns the first draw's output.
 fn check_kept_set(
     c: &Ctx,
     logits: &[f32],
@@ -100,30 +112,52 @@ fn check_kept_set(
     draws: usize,
     rng: &mut SeededRng,
     what: &str,
-) -> usize {
+) -> SampleOutput {
     let (count, mass) = reference_kept(logits, p, window);
     let set: HashSet<u32> = reference_distribution(logits, N_VALID, p, window)
         .iter()
         .map(|&(i, _)| i)
         .collect();
+    let first = c.draw(p, window, rng.next_uniform());
+    assert_eq!(first.kept as usize, count, "{what}: kept count");
+    let rel = (first.mass as f64 - mass).abs() / mass;
+    assert!(rel < 1e-4, "{what}: kept mass {} vs {mass}", first.mass);
     for d in 0..draws {
-        let o = c.draw(p, window, rng.next_uniform());
-        if d == 0 {
-            assert_eq!(
-                o.kept as usize, count,
-                "{what}: kept count (mass {})",
-                o.mass
-            );
-            let rel = (o.mass as f64 - mass).abs() / mass;
-            assert!(rel < 1e-4, "{what}: kept mass {} vs {mass}", o.mass);
-        }
+        let o = if d == 0 {
+            first
+        } else {
+            c.draw(p, window, rng.next_uniform())
+        };
         assert!(
             set.contains(&o.id),
             "{what}: drew {} outside the kept set",
             o.id
         );
     }
-    count
+    first
+}
+
+/// Over `n` draws with fresh u (seeded), each id's frequency f matches the reference probability p:
+/// |f - p| <= 4 sqrt(p (1 - p) / n) + 1e-3 (4 standard deviations), and no id outside the support.
+fn check_frequencies(c: &Ctx, logits: &[f32], p: &SamplingParams, window: &[u32], n: usize) {
+    let want: HashMap<u32, f64> = reference_distribution(logits, N_VALID, p, window)
+        .into_iter()
+        .collect();
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    let mut u = SeededRng::new(p.seed);
+    for _ in 0..n {
+        let id = c.draw(p, window, u.next_uniform()).id;
+        assert!(want.contains_key(&id), "drew {id}, outside the support");
+        *counts.entry(id).or_default() += 1;
+    }
+    for (&id, &q) in &want {
+        let f = *counts.get(&id).unwrap_or(&0) as f64 / n as f64;
+        let bound = 4.0 * (q * (1.0 - q) / n as f64).sqrt() + 1e-3;
+        assert!(
+            (f - q).abs() <= bound,
+            "id {id}: frequency {f} vs p {q} (bound {bound})"
+        );
+    }
 }
 
 /// Background logits uniform in [-scale, scale), a huge value past n_valid (never chosen).
@@ -295,16 +329,24 @@ fn gpu_top_k_stays_in_the_k_best_with_boundary_ties() {
         l[id] = 5.0;
     }
     c.set_logits(&l);
-    for (k, want) in [(1, 1), (3, 3), (4, 7), (5, 7), (7, 7), (8, 8), (50, 50)] {
+    for (k, want) in [
+        (1, 1),
+        (3, 3),
+        (4, 7),
+        (5, 7),
+        (7, 7),
+        (8, 8),
+        (50, 50),
+        (300, 300),
+    ] {
         let p = SamplingParams {
             top_k: k,
             ..params(1.0)
         };
-        let got = check_kept_set(&c, &l, &p, &[], 40, &mut u, &format!("top_k {k}"));
-        assert_eq!(
-            got, want,
-            "top_k {k}: kept (ties at the boundary are all kept)"
-        );
+        let o = check_kept_set(&c, &l, &p, &[], 40, &mut u, &format!("top_k {k}"));
+        assert_eq!(o.kept, want, "top_k {k}: ties at the boundary are all kept");
+        // k > 256 cannot use the short list.
+        assert_eq!(o.short_list > 0, k <= 256, "top_k {k}: path");
     }
     // Every id of the tie group is drawn (u spread over [0, 1)).
     let p = SamplingParams {
@@ -317,6 +359,18 @@ fn gpu_top_k_stays_in_the_k_best_with_boundary_ties() {
     }
     let want: HashSet<u32> = [100, 70_000, 151_000, 5, 40_000, 90_000, 151_645].into();
     assert_eq!(seen, want);
+
+    // A tie group of 400 at the boundary: kept whole, through whole-vocabulary passes.
+    for k in 0..400 {
+        l[k * 373] = 4.0;
+    }
+    c.set_logits(&l);
+    let p = SamplingParams {
+        top_k: 10,
+        ..params(1.0)
+    };
+    let o = check_kept_set(&c, &l, &p, &[], 40, &mut u, "top_k 10, 400 ties");
+    assert_eq!((o.kept, o.short_list), (407, 0));
 }
 
 /// A top_p halfway between two consecutive achievable "mass above" values of the reference, near `aim`.
@@ -392,36 +446,57 @@ fn gpu_top_p_and_min_p_keep_the_reference_set() {
         }
         l
     };
+    // (name, logits, temperatures, top_p aims, min_p aims, top_k for the combination, short list?)
     let cases = [
-        ("peaked", &peaked, [1.0f32, 0.7], [0.3, 0.6, 0.8], 40),
-        ("flat", &flat, [1.0, 0.5], [0.3, 0.8, 0.95], 5000),
+        (
+            "peaked",
+            &peaked,
+            [1.0f32, 0.7],
+            [0.3, 0.6, 0.8],
+            [0.5, 0.05, 1e-3],
+            40,
+            true,
+        ),
+        (
+            "flat",
+            &flat,
+            [1.0, 0.5],
+            [0.3, 0.8, 0.95],
+            [0.5, 0.3, 0.15],
+            5000,
+            false,
+        ),
     ];
-    for (name, l, temps, aims, top_k) in cases {
+    for (name, l, temps, p_aims, min_aims, top_k, listed) in cases {
         c.set_logits(l);
         for t in temps {
-            for aim in aims {
+            for aim in p_aims {
                 let mut p = params(t);
                 p.top_p = top_p_with_margin(l, &p, aim);
                 let what = format!("{name} T {t} top_p {}", p.top_p);
-                let n = check_kept_set(&c, l, &p, &[], 20, &mut u, &what);
-                eprintln!("{what}: kept {n}");
+                let o = check_kept_set(&c, l, &p, &[], 20, &mut u, &what);
+                eprintln!("{what}: kept {}, short list {}", o.kept, o.short_list);
+                // Peaked: the top-p search switches to the short list; flat: it cannot.
+                assert_eq!(o.short_list > 0, listed, "{what}: path");
             }
-            for aim in [0.5, 0.05, 1e-3] {
+            for aim in min_aims {
                 let mut p = params(t);
                 p.min_p = min_p_with_margin(l, &p, aim);
                 let what = format!("{name} T {t} min_p {}", p.min_p);
-                let n = check_kept_set(&c, l, &p, &[], 20, &mut u, &what);
-                eprintln!("{what}: kept {n}");
+                let o = check_kept_set(&c, l, &p, &[], 20, &mut u, &what);
+                eprintln!("{what}: kept {}", o.kept);
+                assert_eq!(o.short_list, 0, "{what}: no search, no list");
             }
         }
-        // All three together, as generation_config.json does (top_k 20, top_p 0.8) plus min-p.
+        // All three together (generation_config.json has top_k 20, top_p 0.8), plus min-p.
         let mut p = params(0.7);
         p.top_k = top_k;
         p.top_p = top_p_with_margin(l, &p, 0.4);
         p.min_p = min_p_with_margin(l, &p, 0.02);
         let what = format!("{name} top_k {top_k} top_p {} min_p {}", p.top_p, p.min_p);
-        let n = check_kept_set(&c, l, &p, &[], 20, &mut u, &what);
-        eprintln!("{what}: kept {n}");
+        let o = check_kept_set(&c, l, &p, &[], 20, &mut u, &what);
+        eprintln!("{what}: kept {}, short list {}", o.kept, o.short_list);
+        assert_eq!(o.short_list > 0, listed, "{what}: path");
     }
     // Continuous (untied) flat logits: boundaries are as thin as one token's mass (~1e-5), below the
     // f32 error of a sum over 151646 ids, so the count may differ by a few ids there; draws stay inside.
@@ -493,43 +568,46 @@ fn gpu_repetition_penalty_matches_worked_example() {
     }
 }
 
+/// 8 leaders spread over the vocabulary (and so over the kernel's per-invocation chunks).
+const LEADERS: [usize; 8] = [3, 1_000, 17_171, 50_000, 88_888, 100_001, 140_000, 151_645];
+
 #[test]
-fn gpu_frequencies_match_reference_softmax() {
+fn gpu_frequencies_match_reference_softmax_short_list() {
     let Some(c) = ctx() else { return };
     let mut rng = Rng::new(4);
     let mut l = background(&mut rng, 2.0);
-    let ids = [
-        3u32, 1_000, 17_171, 50_000, 88_888, 100_001, 140_000, 151_600,
-    ];
-    for (k, &id) in ids.iter().enumerate() {
-        l[id as usize] = 5.0 - 0.3 * k as f32;
+    for (k, &id) in LEADERS.iter().enumerate() {
+        l[id] = 5.0 - 0.3 * k as f32;
     }
     c.set_logits(&l);
     let p = SamplingParams {
         top_k: 8,
         ..params(1.0)
     };
-    let want: HashMap<u32, f64> = reference_distribution(&l, N_VALID, &p, &[])
-        .into_iter()
-        .collect();
-    assert_eq!(want.len(), 8);
-    let n = 4000;
-    let mut counts: HashMap<u32, usize> = HashMap::new();
-    let mut u = SeededRng::new(p.seed);
-    for _ in 0..n {
-        *counts
-            .entry(c.draw(&p, &[], u.next_uniform()).id)
-            .or_default() += 1;
+    assert_eq!(reference_distribution(&l, N_VALID, &p, &[]).len(), 8);
+    assert!(c.draw(&p, &[], 0.5).short_list > 0);
+    check_frequencies(&c, &l, &p, &[], 2000);
+}
+
+#[test]
+fn gpu_frequencies_match_reference_softmax_full_vocabulary() {
+    let Some(c) = ctx() else { return };
+    let mut rng = Rng::new(9);
+    // Background in [-20, -12): min_p 1e-4 removes it (exp(-12 - 3) < 1e-6), no search runs.
+    let mut l: Vec<f32> = rng.vec(VOCAB, 4.0).iter().map(|v| v - 16.0).collect();
+    for (k, &id) in LEADERS.iter().enumerate() {
+        l[id] = 3.0 - 0.25 * k as f32;
     }
-    for (&id, &q) in &want {
-        let f = *counts.get(&id).unwrap_or(&0) as f64 / n as f64;
-        let bound = 4.0 * (q * (1.0 - q) / n as f64).sqrt() + 1e-3;
-        assert!(
-            (f - q).abs() <= bound,
-            "id {id}: frequency {f} vs p {q} (bound {bound})"
-        );
-    }
-    assert!(counts.keys().all(|id| want.contains_key(id)));
+    c.set_logits(&l);
+    let p = SamplingParams {
+        min_p: 1e-4,
+        seed: 77,
+        ..params(0.8)
+    };
+    assert_eq!(reference_distribution(&l, N_VALID, &p, &[]).len(), 8);
+    let o = c.draw(&p, &[], 0.5);
+    assert_eq!((o.kept, o.short_list), (8, 0));
+    check_frequencies(&c, &l, &p, &[], 4000);
 }
 
 #[test]
@@ -811,16 +889,16 @@ fn gpu_sampling_dispatch_timing() {
         (path, s)
     });
     let mut u = SeededRng::new(8);
-    // SAMPLE_ROUNDS: draws per round (default 8; more for a finer CPU time, which has 10 ms ticks).
+    // SAMPLE_ROUNDS: draws per round (default 4; more for a finer CPU time, which has 10 ms ticks).
     let rounds: usize = std::env::var("SAMPLE_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(8);
-    // Wall clock: the best of 5 rounds of draws (the machine may be shared). With a CPU device,
+        .unwrap_or(4);
+    // Wall clock: the best of 15 rounds of draws (the machine may be shared). With a CPU device,
     // the process's CPU time per draw too (Linux), which other load disturbs less.
     let mut time = |s: &GpuSampler, p: &SamplingParams| {
         let cpu0 = cpu_seconds();
-        let wall = (0..5)
+        let wall = (0..15)
             .map(|_| {
                 let t0 = std::time::Instant::now();
                 for _ in 0..rounds {
@@ -829,7 +907,7 @@ fn gpu_sampling_dispatch_timing() {
                 t0.elapsed().as_secs_f64() * 1e3 / rounds as f64
             })
             .fold(f64::INFINITY, f64::min);
-        let cpu = (cpu_seconds() - cpu0) * 1e3 / (5 * rounds) as f64;
+        let cpu = (cpu_seconds() - cpu0) * 1e3 / (15 * rounds) as f64;
         format!("{wall:.3} ms (cpu {cpu:.2} ms)")
     };
     for (set, l) in [("uniform logits", &uniform), ("LLM-like logits", &llm)] {

@@ -316,7 +316,7 @@ pub fn run_bench(model: &mut Model, spec: &BenchSpec) -> Result<BenchReport> {
     let mut tests = Vec::new();
 
     for (k, p) in spec.prompts().enumerate() {
-        let ids = token_ids(spec.seed ^ (k as u64 + 1) * 0x9E37, p, n_valid);
+        let ids = token_ids(spec.seed ^ ((k as u64 + 1) * 0x9E37), p, n_valid);
         let once = |model: &mut Model, ids: &[u32]| -> Result<u64> {
             model.reset();
             let t = Instant::now();

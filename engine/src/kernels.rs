@@ -204,6 +204,14 @@ fn per_format(
 
 impl Kernels {
     pub fn new(gpu: &Gpu, shapes: Shapes) -> Result<Self> {
+        let rows_per_wg = shapes.matvec_wg / shapes.tpr;
+        if ![1, 2, 4].contains(&shapes.quant_rows) || !rows_per_wg.is_multiple_of(shapes.quant_rows)
+        {
+            return Err(Error::Gpu(format!(
+                "quant_rows {} must be 1, 2 or 4 and divide the {rows_per_wg} rows of a matvec workgroup",
+                shapes.quant_rows
+            )));
+        }
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let reduce = Some(shapes.reduce);
         let embed_m = module(gpu, "embed", &compose_dequant(EMBED, None));
@@ -227,13 +235,6 @@ impl Kernels {
             ("TOK", shapes.prefill_tok.unwrap_or(1) as f64),
         ];
         let quants = quant_formats();
-        let rows_per_wg = shapes.matvec_wg / shapes.tpr;
-        if ![1, 2, 4].contains(&shapes.quant_rows) || rows_per_wg % shapes.quant_rows != 0 {
-            return Err(Error::Gpu(format!(
-                "quant_rows {} must be 1, 2 or 4 and divide the {rows_per_wg} rows of a matvec workgroup",
-                shapes.quant_rows
-            )));
-        }
         // Float formats from matvec.wgsl, quantized ones from matvec_quant.wgsl, in one map.
         let matvecs = |c: &[(&str, f64)]| {
             let mut m = per_format(gpu, &matvec_m, "matvec", &FLOATS, c);

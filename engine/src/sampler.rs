@@ -16,6 +16,11 @@
 //! - Ids >= n_valid are never chosen. NaN logits count as -inf.
 //! - The draw: softmax over the kept set; the first id (ascending) whose cumulative mass exceeds
 //!   u * total, with u in [0, 1) from [`SeededRng`].
+//!
+//! Per token: `window = penalty_window(&context, p.repeat_last_n)`, `u = rng.next_uniform()`,
+//! `sampler.prepare(&queue, &p, &window, u)`; record the forward pass, then `sampler.record(&mut enc)`
+//! into the same encoder; copy 4 bytes of `sampler.output()` to the readback buffer; submit once.
+//! [`reference_distribution`] / [`reference_sample`] are the CPU reference the tests compare against.
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -288,8 +293,10 @@ const FLAG_TOP_P: u32 = 2;
 
 /// What the kernel writes to [`GpuSampler::output`]: [`OUTPUT_WORDS`] u32.
 /// 0: the chosen id; 1: the kept count; 2: the kept mass as f32 bits (sum of exp(score - max) over the
-/// kept set); 3: the threshold key. Words 1..4 are for tests and debugging; the engine reads word 0.
-pub const OUTPUT_WORDS: usize = 4;
+/// kept set); 3: the threshold key; 4: the length of the kernel's short candidate list (0 when the
+/// filters ran over the whole vocabulary). Words 1.. are for tests and debugging; the engine reads
+/// word 0.
+pub const OUTPUT_WORDS: usize = 8;
 
 /// The decoded output buffer.
 #[derive(Copy, Clone, Debug, PartialEq)]
@@ -298,16 +305,23 @@ pub struct SampleOutput {
     pub kept: u32,
     pub mass: f32,
     pub threshold_key: u32,
+    pub short_list: u32,
 }
 
 impl SampleOutput {
+    /// Decode the words read back from [`GpuSampler::output`]; words not read (a 4-byte read of the
+    /// id alone) decode as 0.
     pub fn from_bytes(b: &[u8]) -> Self {
-        let w: Vec<u32> = bytemuck::pod_collect_to_vec(&b[..OUTPUT_WORDS * 4]);
+        let mut w = [0u32; OUTPUT_WORDS];
+        for (word, c) in w.iter_mut().zip(b.chunks_exact(4)) {
+            *word = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
         SampleOutput {
             id: w[0],
             kept: w[1],
             mass: f32::from_bits(w[2]),
             threshold_key: w[3],
+            short_list: w[4],
         }
     }
 }
@@ -318,6 +332,8 @@ pub struct GpuSampler {
     bind_group: wgpu::BindGroup,
     params: wgpu::Buffer,
     window: wgpu::Buffer,
+    /// Scratch: the key of every id's score ([ceil(n_valid / 4)] vec4<u32>).
+    _keys: wgpu::Buffer,
     out: wgpu::Buffer,
     n_valid: usize,
     max_window: usize,
@@ -410,6 +426,7 @@ impl GpuSampler {
             bind_group,
             params,
             window,
+            _keys: keys,
             out,
             n_valid,
             max_window,

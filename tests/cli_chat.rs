@@ -1,0 +1,186 @@
+//! `glint chat` driven as a person drives it: in a terminal (a tmux pane on a private tmux server),
+//! keys typed with send-keys, the screen read with capture-pane. Real model (GGUF), greedy.
+//!
+//! Turn 1 gives a name, turn 2 asks for it back (the history goes through the chat template and the
+//! KV cache of turn 1 is reused); Ctrl-C at the prompt prints a hint and the program goes on; Ctrl-C
+//! during an answer stops the answer, not the program; /reset is acknowledged; /exit ends the process
+//! with status 0.
+
+mod common;
+#[path = "common/cli.rs"]
+mod cli;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A private tmux server (its own socket) with one pane; killed on drop.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("running tmux")
+    }
+
+    fn start(command: &str) -> Tmux {
+        let t = Tmux {
+            socket: format!("glint-test-{}", std::process::id()),
+        };
+        let out = t.cmd(&["new-session", "-d", "-s", "chat", "-x", "200", "-y", "60", command]);
+        assert!(out.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&out.stderr));
+        t
+    }
+
+    /// The pane's whole history, wrapped lines joined.
+    fn screen(&self) -> String {
+        let out = self.cmd(&["capture-pane", "-p", "-J", "-S", "-", "-t", "chat"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn type_line(&self, text: &str) {
+        assert!(self.cmd(&["send-keys", "-t", "chat", "-l", text]).status.success());
+        assert!(self.cmd(&["send-keys", "-t", "chat", "Enter"]).status.success());
+    }
+
+    fn key(&self, key: &str) {
+        assert!(self.cmd(&["send-keys", "-t", "chat", key]).status.success());
+    }
+
+    /// Wait until `done(screen)`; panics with the screen after `secs`.
+    fn wait(&self, what: &str, secs: u64, done: impl Fn(&str) -> bool) -> String {
+        let t0 = Instant::now();
+        loop {
+            let s = self.screen();
+            if done(&s) {
+                return s;
+            }
+            if t0.elapsed() > Duration::from_secs(secs) {
+                panic!("timed out after {secs} s waiting for {what}; the screen:\n{s}");
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+/// The screen's last non-empty line is the input prompt.
+fn at_prompt(s: &str) -> bool {
+    s.lines().rev().find(|l| !l.trim().is_empty()).is_some_and(|l| l.trim_end() == ">")
+}
+
+/// Per-answer summary lines "[prompt N tokens, R reused from the cache, ...]": (N, R) each.
+fn summaries(s: &str) -> Vec<(usize, usize)> {
+    s.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("[prompt ")?;
+            let (n, rest) = rest.split_once(" tokens, ")?;
+            let (r, _) = rest.split_once(" reused")?;
+            Some((n.parse().ok()?, r.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The lines between the input line `> {input}` and the next summary line: the answer.
+fn answer_to(s: &str, input: &str) -> String {
+    let start = s.find(&format!("> {input}")).expect("the input line is on screen");
+    let after = &s[start..];
+    let after = &after[after.find('\n').map_or(after.len(), |i| i + 1)..];
+    after.split("\n[prompt ").next().unwrap_or("").trim().to_string()
+}
+
+fn sh_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}
+
+#[test]
+fn chat_remembers_a_name_across_turns_and_handles_commands() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        let msg = "tmux is not installed (scripts/setup.sh installs it)";
+        if cli::in_ci() {
+            panic!("CI=true: {msg}");
+        }
+        eprintln!("SKIPPED: {msg}");
+        return;
+    }
+    if common::gpu().is_none() {
+        return;
+    }
+    let Some(model) = cli::real_model(cli::GGUF) else { return };
+    let dir = std::env::temp_dir().join(format!("glint-chat-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let status_file: PathBuf = dir.join("status");
+    let _ = std::fs::remove_file(&status_file);
+    // The pane runs a shell that records glint's exit status, then waits so the screen stays readable.
+    let command = format!(
+        "NODEVICE_SELECT=1 {} chat -m {} --temperature 0 -n 64 -c 1024; echo $? > {}; sleep 600",
+        sh_quote(cli::glint_bin()),
+        sh_quote(&model),
+        sh_quote(&status_file)
+    );
+    let t = Tmux::start(&command);
+
+    t.wait("the first prompt", 300, at_prompt);
+
+    let turn1 = "My name is Ada. Remember it and reply with just OK.";
+    t.type_line(turn1);
+    let s = t.wait("the answer to turn 1", 600, |s| summaries(s).len() == 1 && at_prompt(s));
+    println!("turn 1 answer: {:?}", answer_to(&s, turn1));
+
+    let turn2 = "What is my name? Answer in one word.";
+    t.type_line(turn2);
+    let s = t.wait("the answer to turn 2", 600, |s| summaries(s).len() == 2 && at_prompt(s));
+    let answer = answer_to(&s, turn2);
+    println!("turn 2 answer: {answer:?}");
+    assert!(answer.contains("Ada"), "turn 2 answer {answer:?} lacks the name; screen:\n{s}");
+    let sums = summaries(&s);
+    assert!(
+        sums[1].1 >= sums[0].0,
+        "turn 2 should reuse at least turn 1's prompt from the KV cache: {sums:?}"
+    );
+
+    // Ctrl-C at the prompt: a hint, and the program goes on.
+    t.key("C-c");
+    t.wait("the Ctrl-C hint", 30, |s| s.contains("(Ctrl-C stops an answer") && at_prompt(s));
+
+    // Ctrl-C during an answer: the answer stops, the conversation goes on.
+    let turn3 = "Write a long story about a dragon.";
+    t.type_line(turn3);
+    t.wait("the first words of the story", 600, |s| {
+        s.find(&format!("> {turn3}\n")).is_some_and(|i| {
+            let after = &s[i + turn3.len() + 3..];
+            after.chars().filter(|c| !c.is_whitespace()).count() >= 3
+        })
+    });
+    t.key("C-c");
+    let s = t.wait("the stopped answer", 120, |s| s.contains("(stopped)") && at_prompt(s));
+    assert_eq!(summaries(&s).len(), 3, "the stopped answer has its summary; screen:\n{s}");
+
+    t.type_line("/reset");
+    t.wait("the /reset acknowledgement", 30, |s| s.contains("(conversation reset") && at_prompt(s));
+
+    t.type_line("/exit");
+    let t0 = Instant::now();
+    let status = loop {
+        if let Ok(s) = std::fs::read_to_string(&status_file) {
+            if !s.trim().is_empty() {
+                break s.trim().to_string();
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "glint did not exit after /exit:\n{}", t.screen());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!("{}", t.screen().trim_end());
+    assert_eq!(status, "0", "exit status after /exit");
+    let _ = std::fs::remove_dir_all(&dir);
+}
