@@ -498,6 +498,19 @@ fn gpu_top_p_and_min_p_keep_the_reference_set() {
         eprintln!("{what}: kept {}, short list {}", o.kept, o.short_list);
         assert_eq!(o.short_list > 0, listed, "{what}: path");
     }
+    // min_p 1 keeps exactly the ties at the max (prob >= min_p * max prob, not >).
+    let mut l = background(&mut rng, 3.0);
+    for id in [11, 77_777, 151_000] {
+        l[id] = 4.0;
+    }
+    c.set_logits(&l);
+    let p = SamplingParams {
+        min_p: 1.0,
+        ..params(0.9)
+    };
+    let o = check_kept_set(&c, &l, &p, &[], 30, &mut u, "min_p 1");
+    assert_eq!(o.kept, 3);
+
     // Continuous (untied) flat logits: boundaries are as thin as one token's mass (~1e-5), below the
     // f32 error of a sum over 151646 ids, so the count may differ by a few ids there; draws stay inside.
     let l = background(&mut rng, 1.0);

@@ -137,13 +137,13 @@ impl ModelConfig {
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.head_dim % 2 != 0 || self.head_dim > 256 {
+        if !self.head_dim.is_multiple_of(2) || self.head_dim > 256 {
             return Err(format!(
                 "head_dim {} must be even and at most 256",
                 self.head_dim

@@ -24,6 +24,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// A load-progress callback: (tensor name, bytes uploaded so far, total bytes).
+pub type Progress = Box<dyn FnMut(&str, u64, u64)>;
+
 /// Options for [`Model::load`].
 pub struct LoadOptions {
     pub gpu: GpuOptions,
@@ -32,7 +35,7 @@ pub struct LoadOptions {
     /// Tokens per prefill call (activation buffers are sized for it).
     pub batch: usize,
     /// Called with (tensor name, bytes uploaded so far, total bytes) while weights upload.
-    pub progress: Option<Box<dyn FnMut(&str, u64, u64)>>,
+    pub progress: Option<Progress>,
     /// Quantize a float model's matrices at load (safetensors models; GGUF weights stay as they are).
     pub quant: Option<QuantType>,
 }
@@ -167,7 +170,7 @@ impl<'a> Quantizing<'a> {
     }
 
     fn type_for(&self, cols: usize) -> QuantType {
-        let fits = |t: QuantType| cols % t.block_size() == 0;
+        let fits = |t: QuantType| cols.is_multiple_of(t.block_size());
         if fits(self.target) {
             return self.target;
         }
@@ -339,7 +342,7 @@ impl Model {
         stop_ids.dedup();
         let plan = |kind| {
             let mut g = Graph::new(&gpu, &kernels, &step, &dummy);
-            net.forward(&mut g, &acts, &kv, kind, Logits::Last, n_valid, None);
+            net.forward(&mut g, &acts, &kv, kind, Logits::Last { n_valid });
             g.finish()
         };
         let decode = plan(LinearKind::Vec);
@@ -567,15 +570,7 @@ impl Model {
             }
             let buf = self.gpu.storage("all_logits", rows as u64 * row)?;
             let mut g = Graph::new(&self.gpu, &self.kernels, &self.step, &self.dummy);
-            self.net.forward(
-                &mut g,
-                &self.acts,
-                &self.kv,
-                LinearKind::Mat,
-                Logits::All,
-                self.n_valid,
-                Some(&buf),
-            );
+            self.net.forward(&mut g, &self.acts, &self.kv, LinearKind::Mat, Logits::All(&buf));
             self.all_logits = Some((g.finish(), buf, rows));
         }
         let (plan, buf, rows) = self.all_logits.as_ref().expect("built above");

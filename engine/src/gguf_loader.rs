@@ -7,7 +7,7 @@ use crate::config::{GenerationConfig, ModelConfig};
 use crate::error::{Error, Result};
 use crate::gguf::Gguf;
 use crate::model::WeightSource;
-use crate::quant::{self, QuantType};
+use crate::quant;
 use crate::tokenizer::Tokenizer;
 use crate::weights::HostMatrix;
 use std::borrow::Cow;
@@ -177,9 +177,4 @@ impl WeightSource for GgufModel {
 /// Every tensor's bytes, for progress reporting.
 pub fn total_bytes(f: &Gguf) -> u64 {
     f.tensors.iter().map(|t| t.size).sum()
-}
-
-/// Whether `t` can hold rows of `cols` elements.
-pub fn fits(t: QuantType, cols: usize) -> bool {
-    cols % t.block_size() == 0 && cols % 8 == 0
 }

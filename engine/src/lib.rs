@@ -5,12 +5,20 @@
 //! Data flow: text -> [`tokenizer`] (and [`chat`] template) -> ids -> [`engine::Model::feed`] (embedding,
 //! 24 pre-norm blocks, final norm, LM head, argmax on the GPU) -> next id -> text.
 //!
-//! ```no_run
-//! use glint::{Model, LoadOptions, Flow};
-//! let mut model = Model::load("models/qwen2".as_ref(), LoadOptions::default())?;
-//! let ids = model.encode("Hello")?;
-//! let out = model.generate(&ids, 16, |_id| Flow::Continue)?;
-//! println!("{}", model.tokenizer().unwrap().decode(&out.tokens, true)?);
+//! ```
+//! use glint::{Flow, GenerateOptions, LoadOptions, Model};
+//! // A model directory or GGUF file; this tiny random Qwen2 ships with the tests.
+//! let mut model = Model::load("../tests/fixtures/tiny-qwen2".as_ref(), LoadOptions::default())?;
+//! // With a tokenizer: `let ids = model.chat_prompt(&messages)?` or `model.encode(text)?`.
+//! let prompt = [235, 396, 72, 255, 393, 203, 133];
+//! let mut streamed = Vec::new();
+//! let opts = GenerateOptions { max_tokens: 8, ..Default::default() }; // greedy
+//! let out = model.generate_with(&prompt, &opts, |id| {
+//!     streamed.push(id); // called as each token is produced
+//!     Flow::Continue
+//! })?;
+//! assert_eq!(out.tokens, streamed);
+//! assert_eq!(out.tokens[..4], [237, 349, 366, 120]); // transformers' greedy continuation
 //! # Ok::<(), glint::Error>(())
 //! ```
 

@@ -38,12 +38,13 @@ pub struct Qwen2 {
 }
 
 /// Which logits a forward produces.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Logits {
-    /// Only the last token's, into `Activations::logits`, followed by the greedy argmax.
-    Last,
-    /// Every token's, into the given [n_tokens, vocab] buffer (tests and scoring).
-    All,
+#[derive(Copy, Clone, Debug)]
+pub enum Logits<'a> {
+    /// Only the last token's, into `Activations::logits`, followed by the greedy argmax over the ids
+    /// below `n_valid` into `Activations::next`.
+    Last { n_valid: usize },
+    /// Every token's, into this [n_tokens, vocab] buffer (tests and scoring).
+    All(&'a wgpu::Buffer),
 }
 
 /// Where the weights come from: safetensors or GGUF, under transformers' tensor names.
@@ -190,18 +191,7 @@ impl Qwen2 {
     }
 
     /// Lay out one forward pass. `kind` is Vec for single-token decode, Mat for prefill.
-    /// With `Logits::Last` the logits are the last token's (then the argmax into `a.next`, ids below
-    /// `n_valid` only); with `Logits::All`, every token's into `all_logits`.
-    pub fn forward(
-        &self,
-        g: &mut Graph,
-        a: &Activations,
-        kv: &KvCache,
-        kind: LinearKind,
-        logits: Logits,
-        n_valid: usize,
-        all_logits: Option<&wgpu::Buffer>,
-    ) {
+    pub fn forward(&self, g: &mut Graph, a: &Activations, kv: &KvCache, kind: LinearKind, logits: Logits) {
         let c = &self.cfg;
         g.embed(&self.embed, &a.tokens, &a.x);
         for (layer, cache) in self.layers.iter().zip(&kv.layers) {
@@ -211,12 +201,12 @@ impl Qwen2 {
             w: self.lm_head().clone(),
             b: None,
         };
-        match (logits, all_logits) {
-            (Logits::All, Some(out)) => {
+        match logits {
+            Logits::All(out) => {
                 g.rms_norm(&a.x, &self.norm, &a.xn, c.hidden, c.rms_eps, false);
                 g.linear(&head, &a.xn, out, false, LinearKind::Mat);
             }
-            _ => {
+            Logits::Last { n_valid } => {
                 if kind == LinearKind::Mat {
                     g.copy_last_row(&a.x, &a.last, c.hidden);
                     g.rms_norm(&a.last, &self.norm, &a.xn, c.hidden, c.rms_eps, true);

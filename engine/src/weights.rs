@@ -68,7 +68,7 @@ impl Matrix {
                 m.format.name()
             )));
         }
-        if m.cols % 8 != 0 || m.cols % m.format.block_size() != 0 {
+        if !m.cols.is_multiple_of(8) || !m.cols.is_multiple_of(m.format.block_size()) {
             return Err(Error::Model(format!(
                 "tensor '{}': row length {} is not a multiple of 8 and of the {} block size {}",
                 m.name,
