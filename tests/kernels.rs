@@ -4,50 +4,14 @@
 //! 1e-5 relative.
 
 mod common;
-use common::{gpu, max_abs_diff, run, Rng};
-use glint::graph::{Graph, Linear, LinearKind};
-use glint::kernels::{Kernels, Shapes};
+use common::kernel_ctx::{ctx, ctx_with, Ctx};
+use common::{max_abs_diff, run, Rng};
+use glint::graph::{Linear, LinearKind};
 use glint::reference as r;
 use glint::weights::{gpu_row_bytes, HostMatrix, Matrix, QuantType, FLOATS};
 use std::borrow::Cow;
 
-struct Ctx {
-    gpu: glint::gpu::Gpu,
-    k: Kernels,
-    step: wgpu::Buffer,
-    dummy: wgpu::Buffer,
-}
-
-fn ctx() -> Option<Ctx> {
-    ctx_with(|_| {})
-}
-
-/// A context whose kernel shapes are the device's, adjusted by `f` (to test every variant).
-fn ctx_with(f: impl FnOnce(&mut Shapes)) -> Option<Ctx> {
-    let gpu = gpu()?;
-    let mut shapes = Shapes::for_device(&gpu.caps);
-    f(&mut shapes);
-    let k = Kernels::new(&gpu, shapes).expect("pipelines");
-    let step = gpu.uniform_init("step", &[0u8; 16]);
-    let dummy = gpu.storage("dummy", 16).unwrap();
-    Some(Ctx {
-        gpu,
-        k,
-        step,
-        dummy,
-    })
-}
-
 impl Ctx {
-    fn buf(&self, v: &[f32]) -> wgpu::Buffer {
-        self.gpu.storage_init("t", bytemuck::cast_slice(v)).unwrap()
-    }
-    fn read(&self, b: &wgpu::Buffer, n: usize) -> Vec<f32> {
-        self.gpu.read_f32(b, 0, n).unwrap()
-    }
-    fn graph(&self) -> Graph<'_> {
-        Graph::new(&self.gpu, &self.k, &self.step, &self.dummy)
-    }
     /// A weight matrix quantized to `f` (the values the GPU sees, decoded back to f32 for the reference).
     fn matrix(
         &self,

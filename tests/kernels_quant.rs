@@ -11,9 +11,10 @@
 //! so they are also tested at 256 x 512.
 
 mod common;
-use common::{gpu, run, Rng};
-use glint::graph::{Graph, Linear, LinearKind};
-use glint::kernels::{Kernels, Reduce, Shapes};
+use common::kernel_ctx::{ctx_with, Ctx};
+use common::{run, Rng};
+use glint::graph::{Linear, LinearKind};
+use glint::kernels::Reduce;
 use glint::quant::QuantType;
 use glint::reference as r;
 use glint::weights::{gpu_row_bytes, HostMatrix, Matrix};
@@ -35,39 +36,7 @@ fn is_k(f: QuantType) -> bool {
     f.block_size() == 256
 }
 
-struct Ctx {
-    gpu: glint::gpu::Gpu,
-    k: Kernels,
-    step: wgpu::Buffer,
-    dummy: wgpu::Buffer,
-}
-
-/// A context whose kernel shapes are the device's, adjusted by `f`.
-fn ctx_with(f: impl FnOnce(&mut Shapes)) -> Option<Ctx> {
-    let gpu = gpu()?;
-    let mut shapes = Shapes::for_device(&gpu.caps);
-    f(&mut shapes);
-    let k = Kernels::new(&gpu, shapes).expect("pipelines");
-    let step = gpu.uniform_init("step", &[0u8; 16]);
-    let dummy = gpu.storage("dummy", 16).unwrap();
-    Some(Ctx {
-        gpu,
-        k,
-        step,
-        dummy,
-    })
-}
-
 impl Ctx {
-    fn buf(&self, v: &[f32]) -> wgpu::Buffer {
-        self.gpu.storage_init("t", bytemuck::cast_slice(v)).unwrap()
-    }
-    fn read(&self, b: &wgpu::Buffer, n: usize) -> Vec<f32> {
-        self.gpu.read_f32(b, 0, n).unwrap()
-    }
-    fn graph(&self) -> Graph<'_> {
-        Graph::new(&self.gpu, &self.k, &self.step, &self.dummy)
-    }
     fn upload(&self, f: QuantType, rows: usize, cols: usize, bytes: Vec<u8>, chunk: u64) -> Matrix {
         let hm = HostMatrix {
             name: "w".into(),

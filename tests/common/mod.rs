@@ -5,6 +5,8 @@ use glint::gpu::{Gpu, GpuOptions};
 use glint::graph::{Plan, StepUniform};
 use std::path::PathBuf;
 
+pub mod kernel_ctx;
+
 /// The GPU adapter for tests. Locally a missing adapter skips the test with a message on stderr; in CI
 /// (CI=true) it fails the test: GPU tests never skip silently.
 pub fn gpu() -> Option<Gpu> {
