@@ -7,12 +7,14 @@
 //   0 p        uniform  AttnParams
 //   1 step     uniform  Step                  (n_tokens, pos0)
 //   2 q        storage  array<f32>  [n_tokens, n_heads * head_dim]     (already rotated)
-//   3 k_cache  storage  array<f32>  [ctx, n_kv_heads * head_dim]       (rows < pos0 + n_tokens are valid)
+//   3 k_cache  storage  array<vec4<f32>>  [ctx, n_kv_heads * head_dim / 4]  (rows < pos0 + n_tokens valid)
 //   4 v_cache  storage  array<f32>  [ctx, n_kv_heads * head_dim]
 //   5 out      storage  array<f32>  [n_tokens, n_heads * head_dim]
 // Workgroup: WG invocations (<= 256) for one (head, token); grid (n_heads, n_tokens).
-// Per tile: invocation j scores key k0 + j; then invocation d accumulates output dims d, d + WG, ...
-// (head_dim <= 4 * WG and <= 256).
+// Per tile (2 barriers): invocation j scores key k0 + j and computes its softmax weight; then
+// invocation d accumulates output dim d over the tile's values.
+// (head_dim a multiple of 4 and <= WG <= 256; the engine picks WG >= head_dim). Scores read K four
+// elements at a time.
 
 struct AttnParams {
     n_heads: u32,
@@ -33,12 +35,13 @@ override WG: u32 = 64u;
 @group(0) @binding(0) var<uniform> p: AttnParams;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> q: array<f32>;
-@group(0) @binding(3) var<storage, read> k_cache: array<f32>;
+@group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> v_cache: array<f32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
-var<workgroup> qs: array<f32, 256>;
-var<workgroup> sc: array<f32, 256>;
+var<workgroup> qs: array<vec4<f32>, 64>;
+var<workgroup> sc: array<f32, 256>;   // the tile's scores
+var<workgroup> pr: array<f32, 256>;   // the tile's exp(score - running max)
 
 const NEG_BIG: f32 = -3.0e38;
 
@@ -56,56 +59,54 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     let q_base = (t * p.n_heads + h) * hd;
     let n_keys = step.pos0 + t + 1u;
 
-    for (var d = lid; d < hd; d = d + WG) {
-        qs[d] = q[q_base + d] * p.scale;
+    for (var d = lid; d < hd / 4u; d = d + WG) {
+        let b = q_base + 4u * d;
+        qs[d] = vec4<f32>(q[b], q[b + 1u], q[b + 2u], q[b + 3u]) * p.scale;
     }
     workgroupBarrier();
 
     var m = NEG_BIG;       // running max of the scores seen so far
     var l = 0.0;           // running sum of exp(score - m)
-    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);   // output dims lid, lid + WG, ...
+    var acc = 0.0;         // output dim lid (invocations past head_dim compute a copy of the last dim)
+    let dd = min(lid, hd - 1u);
     for (var k0 = 0u; k0 < n_keys; k0 = k0 + WG) {
         let j = k0 + lid;
         var s = NEG_BIG;
         if j < n_keys {
-            let kb = j * kv_stride + kv_base;
-            s = 0.0;
-            for (var d = 0u; d < hd; d = d + 1u) {
-                s = s + qs[d] * k_cache[kb + d];
+            let kb = (j * kv_stride + kv_base) / 4u;
+            var acc4 = vec4<f32>(0.0);
+            for (var d = 0u; d < hd / 4u; d = d + 1u) {
+                acc4 = acc4 + qs[d] * k_cache[kb + d];
             }
+            s = acc4.x + acc4.y + acc4.z + acc4.w;
         }
         sc[lid] = s;
         workgroupBarrier();
 
+        // Every invocation finds the tile's max; invocation j then computes its own key's weight once.
         let n = min(WG, n_keys - k0);
         var tmax = m;
         for (var i = 0u; i < n; i = i + 1u) {
             tmax = max(tmax, sc[i]);
         }
+        pr[lid] = select(0.0, exp(s - tmax), lid < n);
+        workgroupBarrier();
+
         let corr = exp(m - tmax);
         l = l * corr;
-        for (var c = 0u; c < 4u; c = c + 1u) {
-            acc[c] = acc[c] * corr;
-        }
+        acc = acc * corr;
+        var vi = k0 * kv_stride + kv_base + dd;
         for (var i = 0u; i < n; i = i + 1u) {
-            let pr = exp(sc[i] - tmax);
-            l = l + pr;
-            let vb = (k0 + i) * kv_stride + kv_base;
-            for (var c = 0u; c < 4u; c = c + 1u) {
-                let d = lid + c * WG;
-                if d < hd {
-                    acc[c] = acc[c] + pr * v_cache[vb + d];
-                }
-            }
+            let w = pr[i];
+            l = l + w;
+            acc = acc + w * v_cache[vi];
+            vi = vi + kv_stride;
         }
         m = tmax;
-        workgroupBarrier();
+        // No barrier here: the next tile writes sc only after the barrier above (every invocation is
+        // done reading sc), and pr only after its first barrier (every invocation is done reading pr).
     }
-    let inv = 1.0 / l;
-    for (var c = 0u; c < 4u; c = c + 1u) {
-        let d = lid + c * WG;
-        if d < hd {
-            out[q_base + d] = acc[c] * inv;
-        }
+    if lid < hd {
+        out[q_base + lid] = acc / l;
     }
 }

@@ -143,9 +143,9 @@ impl ModelConfig {
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if !self.head_dim.is_multiple_of(2) || self.head_dim > 256 {
+        if !self.head_dim.is_multiple_of(4) || self.head_dim > 256 {
             return Err(format!(
-                "head_dim {} must be even and at most 256",
+                "head_dim {} must be a multiple of 4 and at most 256",
                 self.head_dim
             ));
         }

@@ -308,7 +308,10 @@ impl Model {
         }
         let batch = opts.batch.clamp(1, ctx);
         let gpu = Gpu::new(&opts.gpu)?;
-        let kernels = Kernels::new(&gpu, Shapes::for_device(&gpu.caps))?;
+        let mut shapes = Shapes::for_device(&gpu.caps);
+        // One attention invocation per output dim of a head.
+        shapes.attn_wg = shapes.attn_wg.max(cfg.head_dim.next_power_of_two() as u32);
+        let kernels = Kernels::new(&gpu, shapes)?;
         let mut done = 0u64;
         let mut cb = opts.progress.take();
         let mut progress = |name: &str, bytes: u64| {
