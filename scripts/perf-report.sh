@@ -10,7 +10,7 @@
 #                llama-bench alike (default 128, 32, 3: about 10 minutes on lavapipe, 2 idle cores)
 #   -o FILE      where to write the report (default docs/PERFORMANCE.md)
 #   --kernels    kernel lab mode (default thorough; quick runs each case once)
-# Environment: LLAMA_BENCH (llama-bench binary), LLAMA_THREADS (default 2), LLAMA_BENCH_ARGS (default
+# Environment: LLAMA_BENCH (llama-bench binary, CPU backend), LLAMA_BENCH_VK (a Vulkan build of it), LLAMA_THREADS (default 2), LLAMA_BENCH_ARGS (default
 # "-ngl 0": CPU), GLINT_BENCH_ARGS (extra flags for glint bench, e.g. "--backend vulkan"). On a machine
 # without a GPU, run on lavapipe: VK_DRIVER_FILES=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json
 # WGPU_BACKEND=vulkan.
@@ -177,26 +177,28 @@ bench_model "$(basename "$BF16") (safetensors bf16)" "$BF16" "$TMP/glint-bf16.js
     echo
 } >> "$R_FILE"
 
-{
-    echo "## Comparison with llama.cpp"
+# One llama-bench comparison: its command, its table as printed, and glint ÷ llama.cpp ratios.
+llama_section() {
+    local title=$1 var=$2 bin=$3 args=$4
+    echo "## Comparison with llama.cpp: $title"
     echo
-    if [ -z "${LLAMA_BENCH:-}" ]; then
-        echo "Not run: set LLAMA_BENCH to a llama-bench binary to compare (e.g. LLAMA_BENCH=/work/llama/build-cpu/bin/llama-bench)."
-    elif [ ! -x "$LLAMA_BENCH" ]; then
-        echo "Not run: LLAMA_BENCH=$LLAMA_BENCH is not an executable file."
+    if [ -z "$bin" ]; then
+        echo "Not run: set $var to a llama-bench binary to compare."
+    elif [ ! -x "$bin" ]; then
+        echo "Not run: $var=$bin is not an executable file."
     elif [ ! -e "$GGUF" ]; then
         echo "Not run: $GGUF is missing."
     else
         echo '```'
-        echo "\$ $LLAMA_BENCH -m $GGUF -p $P -n $N -r $R -t $LLAMA_THREADS $LLAMA_BENCH_ARGS"
+        echo "\$ $bin -m $GGUF -p $P -n $N -r $R -t $LLAMA_THREADS $args"
         echo '```'
         echo
-        log "llama-bench $GGUF (-p $P -n $N -r $R -t $LLAMA_THREADS $LLAMA_BENCH_ARGS)"
+        log "llama-bench $GGUF (-p $P -n $N -r $R -t $LLAMA_THREADS $args)"
         echo "load average before llama-bench: $(load)"
         echo
         # One run: JSON on stdout for the ratios, the markdown table on stderr for the report.
         # shellcheck disable=SC2086
-        if "$LLAMA_BENCH" -m "$GGUF" -p "$P" -n "$N" -r "$R" -t "$LLAMA_THREADS" $LLAMA_BENCH_ARGS \
+        if "$bin" -m "$GGUF" -p "$P" -n "$N" -r "$R" -t "$LLAMA_THREADS" $args \
             -o json -oe md > "$TMP/llama.json" 2> "$TMP/llama.err"; then
             awk '/^\|/ { p = 1 } p { print } /^build:/ { exit }' "$TMP/llama.err"
             echo
@@ -234,6 +236,13 @@ EOF
         fi
     fi
     echo
+}
+
+{
+    llama_section "CPU backend, $LLAMA_THREADS threads" LLAMA_BENCH "${LLAMA_BENCH:-}" "$LLAMA_BENCH_ARGS"
+    # llama.cpp's Vulkan backend; on lavapipe ggml-vulkan skips CPU-type devices unless told otherwise.
+    export GGML_VK_VISIBLE_DEVICES=${GGML_VK_VISIBLE_DEVICES:-0}
+    llama_section "Vulkan backend (same device as glint)" LLAMA_BENCH_VK "${LLAMA_BENCH_VK:-}" "-ngl 99"
     echo "## Load at the end"
     echo
     echo "- load average at end (1, 5, 15 min): $(load); report took $(( $(date +%s) - T0 )) s"

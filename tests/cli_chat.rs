@@ -6,9 +6,9 @@
 //! during an answer stops the answer, not the program; /reset is acknowledged; /exit ends the process
 //! with status 0.
 
-mod common;
 #[path = "common/cli.rs"]
 mod cli;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,23 +17,41 @@ use std::time::{Duration, Instant};
 /// A private tmux server (its own socket) with one pane; killed on drop.
 struct Tmux {
     socket: String,
+    /// Where the pane's shell writes glint's exit status when it ends.
+    status_file: PathBuf,
 }
 
 impl Tmux {
     fn cmd(&self, args: &[&str]) -> std::process::Output {
         Command::new("tmux")
+            .env_remove("TMUX")
             .args(["-L", &self.socket])
             .args(args)
             .output()
             .expect("running tmux")
     }
 
-    fn start(command: &str) -> Tmux {
+    fn start(command: &str, status_file: PathBuf) -> Tmux {
         let t = Tmux {
             socket: format!("glint-test-{}", std::process::id()),
+            status_file,
         };
-        let out = t.cmd(&["new-session", "-d", "-s", "chat", "-x", "200", "-y", "60", command]);
-        assert!(out.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&out.stderr));
+        let out = t.cmd(&[
+            "new-session",
+            "-d",
+            "-s",
+            "chat",
+            "-x",
+            "200",
+            "-y",
+            "60",
+            command,
+        ]);
+        assert!(
+            out.status.success(),
+            "tmux new-session: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         t
     }
 
@@ -44,8 +62,14 @@ impl Tmux {
     }
 
     fn type_line(&self, text: &str) {
-        assert!(self.cmd(&["send-keys", "-t", "chat", "-l", text]).status.success());
-        assert!(self.cmd(&["send-keys", "-t", "chat", "Enter"]).status.success());
+        assert!(self
+            .cmd(&["send-keys", "-t", "chat", "-l", text])
+            .status
+            .success());
+        assert!(self
+            .cmd(&["send-keys", "-t", "chat", "Enter"])
+            .status
+            .success());
     }
 
     fn key(&self, key: &str) {
@@ -59,6 +83,9 @@ impl Tmux {
             let s = self.screen();
             if done(&s) {
                 return s;
+            }
+            if self.status_file.exists() {
+                panic!("glint ended while waiting for {what}; the screen:\n{s}");
             }
             if t0.elapsed() > Duration::from_secs(secs) {
                 panic!("timed out after {secs} s waiting for {what}; the screen:\n{s}");
@@ -76,7 +103,10 @@ impl Drop for Tmux {
 
 /// The screen's last non-empty line is the input prompt.
 fn at_prompt(s: &str) -> bool {
-    s.lines().rev().find(|l| !l.trim().is_empty()).is_some_and(|l| l.trim_end() == ">")
+    s.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .is_some_and(|l| l.trim_end() == ">")
 }
 
 /// Per-answer summary lines "[prompt N tokens, R reused from the cache, ...]": (N, R) each.
@@ -93,10 +123,17 @@ fn summaries(s: &str) -> Vec<(usize, usize)> {
 
 /// The lines between the input line `> {input}` and the next summary line: the answer.
 fn answer_to(s: &str, input: &str) -> String {
-    let start = s.find(&format!("> {input}")).expect("the input line is on screen");
+    let start = s
+        .find(&format!("> {input}"))
+        .expect("the input line is on screen");
     let after = &s[start..];
     let after = &after[after.find('\n').map_or(after.len(), |i| i + 1)..];
-    after.split("\n[prompt ").next().unwrap_or("").trim().to_string()
+    after
+        .split("\n[prompt ")
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string()
 }
 
 fn sh_quote(p: &Path) -> String {
@@ -116,7 +153,9 @@ fn chat_remembers_a_name_across_turns_and_handles_commands() {
     if common::gpu().is_none() {
         return;
     }
-    let Some(model) = cli::real_model(cli::GGUF) else { return };
+    let Some(model) = cli::real_model(cli::GGUF) else {
+        return;
+    };
     let dir = std::env::temp_dir().join(format!("glint-chat-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let status_file: PathBuf = dir.join("status");
@@ -128,21 +167,28 @@ fn chat_remembers_a_name_across_turns_and_handles_commands() {
         sh_quote(&model),
         sh_quote(&status_file)
     );
-    let t = Tmux::start(&command);
+    let t = Tmux::start(&command, status_file.clone());
 
     t.wait("the first prompt", 300, at_prompt);
 
     let turn1 = "My name is Ada. Remember it and reply with just OK.";
     t.type_line(turn1);
-    let s = t.wait("the answer to turn 1", 600, |s| summaries(s).len() == 1 && at_prompt(s));
+    let s = t.wait("the answer to turn 1", 600, |s| {
+        summaries(s).len() == 1 && at_prompt(s)
+    });
     println!("turn 1 answer: {:?}", answer_to(&s, turn1));
 
     let turn2 = "What is my name? Answer in one word.";
     t.type_line(turn2);
-    let s = t.wait("the answer to turn 2", 600, |s| summaries(s).len() == 2 && at_prompt(s));
+    let s = t.wait("the answer to turn 2", 600, |s| {
+        summaries(s).len() == 2 && at_prompt(s)
+    });
     let answer = answer_to(&s, turn2);
     println!("turn 2 answer: {answer:?}");
-    assert!(answer.contains("Ada"), "turn 2 answer {answer:?} lacks the name; screen:\n{s}");
+    assert!(
+        answer.contains("Ada"),
+        "turn 2 answer {answer:?} lacks the name; screen:\n{s}"
+    );
     let sums = summaries(&s);
     assert!(
         sums[1].1 >= sums[0].0,
@@ -151,7 +197,9 @@ fn chat_remembers_a_name_across_turns_and_handles_commands() {
 
     // Ctrl-C at the prompt: a hint, and the program goes on.
     t.key("C-c");
-    t.wait("the Ctrl-C hint", 30, |s| s.contains("(Ctrl-C stops an answer") && at_prompt(s));
+    t.wait("the Ctrl-C hint", 30, |s| {
+        s.contains("(Ctrl-C stops an answer") && at_prompt(s)
+    });
 
     // Ctrl-C during an answer: the answer stops, the conversation goes on.
     let turn3 = "Write a long story about a dragon.";
@@ -163,11 +211,19 @@ fn chat_remembers_a_name_across_turns_and_handles_commands() {
         })
     });
     t.key("C-c");
-    let s = t.wait("the stopped answer", 120, |s| s.contains("(stopped)") && at_prompt(s));
-    assert_eq!(summaries(&s).len(), 3, "the stopped answer has its summary; screen:\n{s}");
+    let s = t.wait("the stopped answer", 120, |s| {
+        s.contains("(stopped)") && at_prompt(s)
+    });
+    assert_eq!(
+        summaries(&s).len(),
+        3,
+        "the stopped answer has its summary; screen:\n{s}"
+    );
 
     t.type_line("/reset");
-    t.wait("the /reset acknowledgement", 30, |s| s.contains("(conversation reset") && at_prompt(s));
+    t.wait("the /reset acknowledgement", 30, |s| {
+        s.contains("(conversation reset") && at_prompt(s)
+    });
 
     t.type_line("/exit");
     let t0 = Instant::now();
@@ -177,10 +233,75 @@ fn chat_remembers_a_name_across_turns_and_handles_commands() {
                 break s.trim().to_string();
             }
         }
-        assert!(t0.elapsed() < Duration::from_secs(60), "glint did not exit after /exit:\n{}", t.screen());
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "glint did not exit after /exit:\n{}",
+            t.screen()
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     println!("{}", t.screen().trim_end());
     assert_eq!(status, "0", "exit status after /exit");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Piped stdin (no terminal) on the tiny model, found by repo id in a fake Hugging Face cache, with a
+/// context of 256 tokens: the conversation outgrows it, the oldest turns are dropped with a note and the
+/// session goes on; /system is acknowledged; the end of input (Ctrl-D) ends it with status 0.
+#[test]
+fn chat_drops_the_oldest_turns_when_the_context_is_full() {
+    use std::io::Write;
+    use std::process::Stdio;
+    if common::gpu().is_none() {
+        return;
+    }
+    let dir = cli::temp_dir("chat-context");
+    let cache = cli::fake_hf_cache(&dir, cli::Tok::Bytes);
+    let mut child = cli::glint()
+        .args([
+            "chat",
+            "-m",
+            "test/tiny-qwen2",
+            "--temperature",
+            "0",
+            "-n",
+            "16",
+            "-c",
+            "256",
+        ])
+        .env("HF_HUB_CACHE", &cache)
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting glint chat");
+    let turns = 8;
+    let mut input = String::from("/system You are terse.\n");
+    for i in 0..turns {
+        input += &format!("Tell me something about the number {i}.\n");
+    }
+    input += "/stats\n";
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "status {}: {stderr}", out.status);
+    assert!(stdout.contains("(system prompt set"), "{stdout}");
+    assert!(
+        stderr.contains("outgrew the context of 256 tokens: dropped the"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("\n[prompt ").count(),
+        turns,
+        "one summary per turn: {stderr}"
+    );
+    assert!(stdout.contains("(context: "), "/stats: {stdout}");
     let _ = std::fs::remove_dir_all(&dir);
 }

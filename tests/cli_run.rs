@@ -3,9 +3,9 @@
 //! Hugging Face repo id: found in a fake cache offline, a clear and quick error when absent or when the
 //! Hub cannot be reached.
 
-mod common;
 #[path = "common/cli.rs"]
 mod cli;
+mod common;
 
 use common::fixture;
 use serde_json::Value;
@@ -21,7 +21,12 @@ struct Run {
 
 impl Run {
     fn tokens(&self) -> Vec<u64> {
-        self.json["tokens"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect()
+        self.json["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect()
     }
     fn text(&self) -> &str {
         self.json["text"].as_str().unwrap()
@@ -43,7 +48,9 @@ fn run_ok(model: &Path, args: &[&str], env: &[(&str, &Path)]) -> Run {
     let stdout = String::from_utf8(out.stdout).expect("UTF-8 stdout");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "glint run {args:?} failed: {stderr}");
-    let body = stdout.strip_suffix('\n').expect("stdout ends with a newline");
+    let body = stdout
+        .strip_suffix('\n')
+        .expect("stdout ends with a newline");
     let (streamed, json) = body.rsplit_once('\n').expect("text, then the JSON line");
     Run {
         json: serde_json::from_str(json).expect("JSON last line"),
@@ -58,8 +65,16 @@ fn tiny() -> PathBuf {
 
 /// The seed the stderr summary reports.
 fn summary_seed(stderr: &str) -> u64 {
-    let line = stderr.lines().find(|l| l.contains("generated")).expect("a summary line");
-    line.rsplit("seed ").next().unwrap().trim().parse().expect("a seed number")
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("generated"))
+        .expect("a summary line");
+    line.rsplit("seed ")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .expect("a seed number")
 }
 
 #[test]
@@ -83,20 +98,61 @@ fn sampling_defaults_overrides_and_seeds() {
     let b = with(&["--temp", "1.5", "-s", "7"]);
     assert_eq!(a.tokens(), b.tokens(), "same seed, same tokens");
     assert_eq!(a.json["seed"], 7);
-    assert_eq!(summary_seed(&a.stderr), 7, "the summary names the seed: {}", a.stderr);
-    let others: Vec<Vec<u64>> = ["8", "9"].iter().map(|s| with(&["--temp", "1.5", "--seed", s]).tokens()).collect();
-    assert!(others.iter().any(|t| *t != a.tokens()), "seeds 7, 8, 9 all gave {:?}", a.tokens());
-    assert_ne!(a.tokens(), greedy.tokens(), "temperature 1.5 sampled the greedy path exactly");
+    assert_eq!(
+        summary_seed(&a.stderr),
+        7,
+        "the summary names the seed: {}",
+        a.stderr
+    );
+    let others: Vec<Vec<u64>> = ["8", "9"]
+        .iter()
+        .map(|s| with(&["--temp", "1.5", "--seed", s]).tokens())
+        .collect();
+    assert!(
+        others.iter().any(|t| *t != a.tokens()),
+        "seeds 7, 8, 9 all gave {:?}",
+        a.tokens()
+    );
+    assert_ne!(
+        a.tokens(),
+        greedy.tokens(),
+        "temperature 1.5 sampled the greedy path exactly"
+    );
 
     // No --seed: a random one, printed, and repeatable with --seed.
-    let r = with(&["--temp", "1.5", "--top-k", "40", "--top-p", "0.95", "--min-p", "0.01", "--repeat-penalty", "1.1"]);
+    let r = with(&[
+        "--temp",
+        "1.5",
+        "--top-k",
+        "40",
+        "--top-p",
+        "0.95",
+        "--min-p",
+        "0.01",
+        "--repeat-penalty",
+        "1.1",
+    ]);
     let seed = summary_seed(&r.stderr);
     assert_eq!(r.json["seed"], seed);
     let again = with(&[
-        "--temp", "1.5", "--top-k", "40", "--top-p", "0.95", "--min-p", "0.01", "--repeat-penalty", "1.1", "--seed",
+        "--temp",
+        "1.5",
+        "--top-k",
+        "40",
+        "--top-p",
+        "0.95",
+        "--min-p",
+        "0.01",
+        "--repeat-penalty",
+        "1.1",
+        "--seed",
         &seed.to_string(),
     ]);
-    assert_eq!(r.tokens(), again.tokens(), "--seed {seed} repeats the run that printed it");
+    assert_eq!(
+        r.tokens(),
+        again.tokens(),
+        "--seed {seed} repeats the run that printed it"
+    );
 
     // --quiet: nothing on stderr.
     let q = with(&["--quiet"]);
@@ -113,7 +169,11 @@ fn bad_flags_fail_before_loading() {
         cli::glint_bin(); // built first: the time limit is for glint alone
         let t0 = Instant::now();
         // A model path that does not exist: the flag error must come first.
-        let out = output(cli::glint().args(["run", "-m", "/nonexistent/model", "--prompt-ids", "1"]).args(args));
+        let out = output(
+            cli::glint()
+                .args(["run", "-m", "/nonexistent/model", "--prompt-ids", "1"])
+                .args(args),
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success());
         assert!(stderr.contains(want), "{args:?}: {stderr}");
@@ -122,41 +182,14 @@ fn bad_flags_fail_before_loading() {
     if common::gpu().is_none() {
         return;
     }
-    let out = output(cli::glint().args(["run", "--prompt-ids", "1", "--stop", "x", "-m"]).arg(tiny()));
+    let out = output(
+        cli::glint()
+            .args(["run", "--prompt-ids", "1", "--stop", "x", "-m"])
+            .arg(tiny()),
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("--stop needs"), "{stderr}");
-}
-
-/// A Hugging Face cache with `models--test--tiny-qwen2`: the tiny weights and the real Qwen tokenizer
-/// (its ids cover the tiny vocabulary), the weights as a blob behind a symlink as huggingface_hub
-/// stores them.
-fn fake_cache(root: &Path) -> PathBuf {
-    let repo = root.join("models--test--tiny-qwen2");
-    let rev = "0123456789abcdef0123456789abcdef01234567";
-    let snap = repo.join("snapshots").join(rev);
-    std::fs::create_dir_all(&snap).unwrap();
-    std::fs::create_dir_all(repo.join("blobs")).unwrap();
-    std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::write(repo.join("refs/main"), rev).unwrap();
-    for f in ["config.json", "generation_config.json"] {
-        std::fs::copy(tiny().join(f), snap.join(f)).unwrap();
-    }
-    std::fs::copy(fixture("qwen2.5-coder-0.5b-instruct/tokenizer.json"), snap.join("tokenizer.json")).unwrap();
-    let blob = repo.join("blobs/deadbeef");
-    std::fs::copy(tiny().join("model.safetensors"), &blob).unwrap();
-    #[cfg(unix)]
-    std::os::unix::fs::symlink("../../blobs/deadbeef", snap.join("model.safetensors")).unwrap();
-    #[cfg(not(unix))]
-    std::fs::copy(&blob, snap.join("model.safetensors")).unwrap();
-    root.to_path_buf()
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("glint-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 /// A repo id found in the cache offline runs; --stop ends generation at the stop text, which is not
@@ -166,15 +199,19 @@ fn repo_id_from_the_cache_offline_and_stop_strings() {
     if common::gpu().is_none() {
         return;
     }
-    let dir = temp_dir("hub-cache");
-    let cache = fake_cache(&dir);
+    let dir = cli::temp_dir("hub-cache");
+    let cache = cli::fake_hf_cache(&dir, cli::Tok::Qwen);
     let env: [(&str, &Path); 2] = [("HF_HUB_CACHE", &cache), ("HF_HUB_OFFLINE", Path::new("1"))];
     let repo = Path::new("test/tiny-qwen2");
     let ids = ["--prompt-ids", "1,2,3", "-n", "24", "--temperature", "0"];
     let full = run_ok(repo, &ids, &env);
     let text = full.text().to_string();
     assert_eq!(full.streamed, text);
-    assert!(full.stderr.contains("snapshots"), "loaded from the cache: {}", full.stderr);
+    assert!(
+        full.stderr.contains("snapshots"),
+        "loaded from the cache: {}",
+        full.stderr
+    );
     // A stop string from the middle of the text: two characters that first occur there.
     let chars: Vec<(usize, char)> = text.char_indices().collect();
     assert!(chars.len() >= 8, "too little text to cut: {text:?}");
@@ -186,9 +223,21 @@ fn repo_id_from_the_cache_offline_and_stop_strings() {
         })
         .next()
         .unwrap_or_else(|| panic!("no stop string candidate in {text:?}"));
-    let cut = run_ok(repo, &[&ids[..], &["--stop", &stop, "--stop", "never-generated"]].concat(), &env);
-    assert_eq!(cut.text(), &text[..at], "text up to the stop string {stop:?}");
-    assert_eq!(cut.streamed, cut.text(), "the stop text is not streamed either");
+    let cut = run_ok(
+        repo,
+        &[&ids[..], &["--stop", &stop, "--stop", "never-generated"]].concat(),
+        &env,
+    );
+    assert_eq!(
+        cut.text(),
+        &text[..at],
+        "text up to the stop string {stop:?}"
+    );
+    assert_eq!(
+        cut.streamed,
+        cut.text(),
+        "the stop text is not streamed either"
+    );
     assert_eq!(cut.json["finish_reason"], "stop");
     assert!(cut.tokens().len() < full.tokens().len());
     let _ = std::fs::remove_dir_all(&dir);
@@ -197,7 +246,7 @@ fn repo_id_from_the_cache_offline_and_stop_strings() {
 /// Offline and not in the cache: a quick error that says what to do.
 #[test]
 fn repo_id_missing_offline_is_a_clear_error() {
-    let dir = temp_dir("hub-empty");
+    let dir = cli::temp_dir("hub-empty");
     cli::glint_bin();
     let t0 = Instant::now();
     let out = output(
@@ -208,7 +257,12 @@ fn repo_id_missing_offline_is_a_clear_error() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    for want in ["nobody/no-such-model", "HF_HUB_OFFLINE", "scripts/fetch-model.sh", "-m PATH"] {
+    for want in [
+        "nobody/no-such-model",
+        "HF_HUB_OFFLINE",
+        "scripts/fetch-model.sh",
+        "-m PATH",
+    ] {
         assert!(stderr.contains(want), "missing {want:?} in: {stderr}");
     }
     assert!(t0.elapsed() < Duration::from_secs(10));
@@ -219,7 +273,7 @@ fn repo_id_missing_offline_is_a_clear_error() {
 /// the ways out (a local path, HF_ENDPOINT). The default model is what `-m` omitted means.
 #[test]
 fn unreachable_hub_is_a_quick_clear_error() {
-    let dir = temp_dir("hub-unreachable");
+    let dir = cli::temp_dir("hub-unreachable");
     cli::glint_bin();
     let t0 = Instant::now();
     let mut c = cli::glint();
@@ -227,15 +281,31 @@ fn unreachable_hub_is_a_quick_clear_error() {
         .env("HF_HUB_CACHE", &dir)
         .env("HF_ENDPOINT", "http://127.0.0.1:9")
         .env_remove("HF_HUB_OFFLINE");
-    for k in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
+    for k in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
         c.env_remove(k);
     }
     let out = output(&mut c);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    for want in ["Qwen/Qwen2-0.5B-Instruct", "cannot be reached", "-m PATH", "HF_ENDPOINT"] {
+    for want in [
+        "Qwen/Qwen2-0.5B-Instruct",
+        "cannot be reached",
+        "-m PATH",
+        "HF_ENDPOINT",
+    ] {
         assert!(stderr.contains(want), "missing {want:?} in: {stderr}");
     }
-    assert!(t0.elapsed() < Duration::from_secs(15), "took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t0.elapsed()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,9 +2,9 @@
 //! "text", and multi-byte UTF-8 (CJK, emoji, spread over several byte-level tokens) is never split
 //! (no U+FFFD). Real model (GGUF), greedy, a few tokens.
 
-mod common;
 #[path = "common/cli.rs"]
 mod cli;
+mod common;
 
 use serde_json::Value;
 
@@ -13,7 +13,17 @@ fn run_json(prompt: &str) -> Option<(String, Value)> {
     common::gpu()?;
     let model = cli::real_model(cli::GGUF)?;
     let out = cli::glint()
-        .args(["run", "--json", "--temperature", "0", "-n", "24", "-p", prompt, "-m"])
+        .args([
+            "run",
+            "--json",
+            "--temperature",
+            "0",
+            "-n",
+            "24",
+            "-p",
+            prompt,
+            "-m",
+        ])
         .arg(&model)
         .output()
         .expect("running glint");
@@ -22,16 +32,26 @@ fn run_json(prompt: &str) -> Option<(String, Value)> {
     assert!(out.status.success(), "glint run failed: {stderr}");
     eprintln!("{stderr}");
     // stdout: the streamed text, a newline, the JSON line, a newline.
-    let body = stdout.strip_suffix('\n').expect("stdout ends with a newline");
-    let (streamed, json) = body.rsplit_once('\n').expect("text line(s), then the JSON line");
+    let body = stdout
+        .strip_suffix('\n')
+        .expect("stdout ends with a newline");
+    let (streamed, json) = body
+        .rsplit_once('\n')
+        .expect("text line(s), then the JSON line");
     let j: Value = serde_json::from_str(json).expect("the last stdout line is JSON");
     Some((streamed.to_string(), j))
 }
 
 fn check(streamed: &str, j: &Value) -> String {
     let text = j["text"].as_str().expect("\"text\" is a string");
-    assert_eq!(streamed, text, "the streamed text differs from the JSON text");
-    assert!(!text.contains('\u{FFFD}'), "U+FFFD in {text:?}: a character was split");
+    assert_eq!(
+        streamed, text,
+        "the streamed text differs from the JSON text"
+    );
+    assert!(
+        !text.contains('\u{FFFD}'),
+        "U+FFFD in {text:?}: a character was split"
+    );
     assert!(!j["tokens"].as_array().unwrap().is_empty());
     assert!(j["finish_reason"] == "stop" || j["finish_reason"] == "length");
     for k in ["load_ms", "prompt_ms", "decode_ms", "decode_tokens_per_s"] {
@@ -43,7 +63,9 @@ fn check(streamed: &str, j: &Value) -> String {
 
 #[test]
 fn chinese_text_streams_whole() {
-    let Some((streamed, j)) = run_json("用一句话介绍你自己") else { return };
+    let Some((streamed, j)) = run_json("用一句话介绍你自己") else {
+        return;
+    };
     let text = check(&streamed, &j);
     assert!(
         text.chars().any(|c| ('\u{4E00}'..='\u{9FFF}').contains(&c)),
@@ -53,10 +75,13 @@ fn chinese_text_streams_whole() {
 
 #[test]
 fn emoji_text_streams_whole() {
-    let Some((streamed, j)) = run_json("Reply with three fruit emoji and nothing else.") else { return };
+    let Some((streamed, j)) = run_json("Reply with three fruit emoji and nothing else.") else {
+        return;
+    };
     let text = check(&streamed, &j);
     assert!(
-        text.chars().any(|c| ('\u{1F300}'..='\u{1FAFF}').contains(&c)),
+        text.chars()
+            .any(|c| ('\u{1F300}'..='\u{1FAFF}').contains(&c)),
         "no emoji in {text:?}"
     );
 }

@@ -32,7 +32,8 @@ fn assert_mentions(msg: &str, parts: &[&str]) {
 
 fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     let p = dir.join("config.json");
-    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     f(&mut v);
     std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
 }
@@ -56,7 +57,10 @@ fn edit_safetensors_header(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
 
 #[test]
 fn missing_model_directory() {
-    let msg = load_err(Path::new("/nonexistent/glint-model"), LoadOptions::default());
+    let msg = load_err(
+        Path::new("/nonexistent/glint-model"),
+        LoadOptions::default(),
+    );
     assert_mentions(&msg, &["/nonexistent/glint-model", "no such file"]);
 }
 
@@ -64,7 +68,10 @@ fn missing_model_directory() {
 fn missing_weights_file() {
     let dir = scratch_model("noweights");
     std::fs::remove_file(dir.join("model.safetensors")).unwrap();
-    assert_mentions(&load_err(&dir, LoadOptions::default()), &["model.safetensors", "no weights"]);
+    assert_mentions(
+        &load_err(&dir, LoadOptions::default()),
+        &["model.safetensors", "no weights"],
+    );
 }
 
 #[test]
@@ -80,14 +87,22 @@ fn truncated_safetensors() {
     let p = dir.join("model.safetensors");
     let bytes = std::fs::read(&p).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() - 1000]).unwrap();
-    assert_mentions(&load_err(&dir, LoadOptions::default()), &["model.safetensors", "truncated"]);
+    assert_mentions(
+        &load_err(&dir, LoadOptions::default()),
+        &["model.safetensors", "truncated"],
+    );
 }
 
 #[test]
 fn unknown_architecture() {
     let dir = scratch_model("arch");
-    edit_config(&dir, |v| v["architectures"] = serde_json::json!(["MambaForCausalLM"]));
-    assert_mentions(&load_err(&dir, LoadOptions::default()), &["config.json", "MambaForCausalLM", "not supported"]);
+    edit_config(&dir, |v| {
+        v["architectures"] = serde_json::json!(["MambaForCausalLM"])
+    });
+    assert_mentions(
+        &load_err(&dir, LoadOptions::default()),
+        &["config.json", "MambaForCausalLM", "not supported"],
+    );
 }
 
 #[test]
@@ -96,7 +111,10 @@ fn config_field_missing() {
     edit_config(&dir, |v| {
         v.as_object_mut().unwrap().remove("hidden_size");
     });
-    assert_mentions(&load_err(&dir, LoadOptions::default()), &["config.json", "hidden_size"]);
+    assert_mentions(
+        &load_err(&dir, LoadOptions::default()),
+        &["config.json", "hidden_size"],
+    );
 }
 
 #[test]
@@ -108,7 +126,11 @@ fn tensor_shape_disagrees_with_config() {
     edit_config(&dir, |v| v["intermediate_size"] = serde_json::json!(256));
     assert_mentions(
         &load_err(&dir, LoadOptions::default()),
-        &["model.layers.0.mlp.gate_proj.weight", "[128, 64]", "[256, 64]"],
+        &[
+            "model.layers.0.mlp.gate_proj.weight",
+            "[128, 64]",
+            "[256, 64]",
+        ],
     );
 }
 
@@ -118,8 +140,13 @@ fn unsupported_dtype() {
         return;
     }
     let dir = scratch_model("dtype");
-    edit_safetensors_header(&dir, |h| h["model.embed_tokens.weight"]["dtype"] = serde_json::json!("I32"));
-    assert_mentions(&load_err(&dir, LoadOptions::default()), &["model.embed_tokens.weight", "I32", "BF16"]);
+    edit_safetensors_header(&dir, |h| {
+        h["model.embed_tokens.weight"]["dtype"] = serde_json::json!("I32")
+    });
+    assert_mentions(
+        &load_err(&dir, LoadOptions::default()),
+        &["model.embed_tokens.weight", "I32", "BF16"],
+    );
 }
 
 #[test]
@@ -127,7 +154,10 @@ fn prompt_longer_than_context() {
     if gpu().is_none() {
         return;
     }
-    let opts = LoadOptions { ctx_size: Some(16), ..Default::default() };
+    let opts = LoadOptions {
+        ctx_size: Some(16),
+        ..Default::default()
+    };
     let mut m = Model::load(&fixture("tiny-qwen2"), opts).unwrap();
     let err = m.feed(&[1u32; 20]).unwrap_err().to_string();
     assert_mentions(&err, &["20 tokens", "context size 16"]);
@@ -144,7 +174,10 @@ fn token_id_out_of_range() {
         return;
     }
     let mut m = Model::load(&fixture("tiny-qwen2"), LoadOptions::default()).unwrap();
-    assert_mentions(&m.feed(&[3, 512]).unwrap_err().to_string(), &["token id 512", "vocab_size 512"]);
+    assert_mentions(
+        &m.feed(&[3, 512]).unwrap_err().to_string(),
+        &["token id 512", "vocab_size 512"],
+    );
 }
 
 #[test]
@@ -153,5 +186,8 @@ fn no_tokenizer_for_text_prompt() {
         return;
     }
     let m = Model::load(&fixture("tiny-qwen2"), LoadOptions::default()).unwrap();
-    assert_mentions(&m.encode("hello").unwrap_err().to_string(), &["no tokenizer", "--prompt-ids"]);
+    assert_mentions(
+        &m.encode("hello").unwrap_err().to_string(),
+        &["no tokenizer", "--prompt-ids"],
+    );
 }

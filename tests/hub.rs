@@ -34,18 +34,35 @@ fn sharded_snapshot_resolves_only_when_complete() {
             ("model-00001-of-00002.safetensors", ""),
         ],
     );
-    assert_eq!(cached_snapshot(&root, "org/sharded").unwrap(), None, "a shard is missing");
+    assert_eq!(
+        cached_snapshot(&root, "org/sharded").unwrap(),
+        None,
+        "a shard is missing"
+    );
     write(&snap.join("model-00002-of-00002.safetensors"), "");
-    assert_eq!(cached_snapshot(&root, "org/sharded").unwrap(), Some(snap.clone()));
-    assert_eq!(cached_snapshot(&root, "org/other").unwrap(), None, "not in the cache");
+    assert_eq!(
+        cached_snapshot(&root, "org/sharded").unwrap(),
+        Some(snap.clone())
+    );
+    assert_eq!(
+        cached_snapshot(&root, "org/other").unwrap(),
+        None,
+        "not in the cache"
+    );
     std::fs::remove_file(snap.join("tokenizer.json")).unwrap();
-    assert_eq!(cached_snapshot(&root, "org/sharded").unwrap(), None, "no tokenizer.json");
+    assert_eq!(
+        cached_snapshot(&root, "org/sharded").unwrap(),
+        None,
+        "no tokenizer.json"
+    );
     let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]
 fn repo_ids_are_told_from_paths() {
     assert!(is_repo_id("Qwen/Qwen2-0.5B-Instruct"));
-    assert!(!is_repo_id("models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"));
+    assert!(!is_repo_id(
+        "models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+    ));
     assert!(!is_repo_id("/abs/path"));
 }

@@ -58,7 +58,13 @@ fn embed_all_formats_and_split_table() {
     let (rows, cols) = (1000, 896);
     for f in FLOATS {
         // 300 rows per chunk: 4 chunks, so tokens land in different bindings.
-        let (m, seen) = c.matrix(&mut rng, f, rows, cols, (300 * gpu_row_bytes(f, cols)) as u64);
+        let (m, seen) = c.matrix(
+            &mut rng,
+            f,
+            rows,
+            cols,
+            (300 * gpu_row_bytes(f, cols)) as u64,
+        );
         assert_eq!(m.chunks.len(), 4);
         let tokens: Vec<u32> = vec![0, 299, 300, 999, 512, 7];
         let tok_buf = c
@@ -161,7 +167,9 @@ fn matvec_all_formats_real_shapes() {
 /// Prefill through the tiled matmul (the shape real GPUs use).
 #[test]
 fn matmul_tiled_all_formats_real_shapes() {
-    let Some(c) = ctx_with(|s| s.prefill_tok = None) else { return };
+    let Some(c) = ctx_with(|s| s.prefill_tok = None) else {
+        return;
+    };
     for f in FLOATS {
         linear_case(&c, f, 896, 896, 33, LinearKind::Mat, false);
         linear_case(&c, f, 4864, 896, 7, LinearKind::Mat, false);
@@ -174,7 +182,9 @@ fn matmul_tiled_all_formats_real_shapes() {
 /// last block.
 #[test]
 fn matmul_token_blocks_all_formats_real_shapes() {
-    let Some(c) = ctx_with(|s| s.prefill_tok = Some(8)) else { return };
+    let Some(c) = ctx_with(|s| s.prefill_tok = Some(8)) else {
+        return;
+    };
     for f in FLOATS {
         linear_case(&c, f, 896, 896, 33, LinearKind::Mat, false);
         linear_case(&c, f, 4864, 896, 7, LinearKind::Mat, false);

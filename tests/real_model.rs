@@ -24,8 +24,16 @@ struct Prompt {
 }
 
 fn golden() -> Vec<Prompt> {
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(fixture("golden_real_dev.json")).unwrap()).unwrap();
-    let ids = |x: &Value| x.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect::<Vec<_>>();
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("golden_real_dev.json")).unwrap())
+            .unwrap();
+    let ids = |x: &Value| {
+        x.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap() as u32)
+            .collect::<Vec<_>>()
+    };
     v["prompts"]
         .as_array()
         .unwrap()
@@ -45,8 +53,14 @@ fn model_path(name: &str) -> Option<PathBuf> {
     if p.exists() {
         return Some(p);
     }
-    let msg = format!("{} is missing: run scripts/fetch-model.sh --hf (or set GLINT_MODELS)", p.display());
-    if std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false) {
+    let msg = format!(
+        "{} is missing: run scripts/fetch-model.sh --hf (or set GLINT_MODELS)",
+        p.display()
+    );
+    if std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
+    {
         panic!("CI=true: {msg}");
     }
     eprintln!("SKIPPED: {msg}");
@@ -66,18 +80,34 @@ fn check_golden(model: &mut Model, label: &str) -> usize {
     let mut decode_ms = 0.0;
     for p in golden() {
         let ids = model.chat_prompt(&p.messages).unwrap();
-        assert_eq!(ids, p.prompt_ids, "{label} {}: prompt ids from the chat template", p.name);
+        assert_eq!(
+            ids, p.prompt_ids,
+            "{label} {}: prompt ids from the chat template",
+            p.name
+        );
         model.reset();
         let want = &p.generated[..p.generated.len().min(STEPS)];
-        let g = model.generate(&ids, want.len(), |_| Flow::Continue).unwrap();
+        let g = model
+            .generate(&ids, want.len(), |_| Flow::Continue)
+            .unwrap();
         total_tokens += g.tokens.len().saturating_sub(1);
         decode_ms += g.decode_ms;
-        let same = g.tokens.iter().zip(want).take_while(|(a, b)| a == b).count();
+        let same = g
+            .tokens
+            .iter()
+            .zip(want)
+            .take_while(|(a, b)| a == b)
+            .count();
         if g.tokens == want {
             ok += 1;
             println!("{label} {:<26} identical for {} tokens", p.name, want.len());
         } else {
-            println!("{label} {:<26} first divergence at step {same} (got {:?}, golden {:?})", p.name, g.tokens.get(same), want.get(same));
+            println!(
+                "{label} {:<26} first divergence at step {same} (got {:?}, golden {:?})",
+                p.name,
+                g.tokens.get(same),
+                want.get(same)
+            );
         }
     }
     println!(
@@ -90,14 +120,21 @@ fn check_golden(model: &mut Model, label: &str) -> usize {
 
 #[test]
 fn gguf_reproduces_golden() {
-    let Some(mut m) = load("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", LoadOptions::default()) else { return };
+    let Some(mut m) = load(
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        LoadOptions::default(),
+    ) else {
+        return;
+    };
     let ok = check_golden(&mut m, "gguf");
     assert!(ok >= 5, "gguf: only {ok}/6 prompts match the golden");
 }
 
 #[test]
 fn safetensors_bf16_reproduces_golden() {
-    let Some(mut m) = load("qwen2.5-coder-0.5b-instruct-bf16", LoadOptions::default()) else { return };
+    let Some(mut m) = load("qwen2.5-coder-0.5b-instruct-bf16", LoadOptions::default()) else {
+        return;
+    };
     let ok = check_golden(&mut m, "bf16");
     assert!(ok >= 5, "bf16: only {ok}/6 prompts match the golden");
 }
@@ -105,16 +142,29 @@ fn safetensors_bf16_reproduces_golden() {
 /// The tokenizer rebuilt from GGUF metadata gives the golden ids on all 20 strings.
 #[test]
 fn gguf_tokenizer_matches_golden() {
-    let Some(p) = model_path("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else { return };
+    let Some(p) = model_path("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else {
+        return;
+    };
     let tok = glint::engine::tokenizer_for(&p).unwrap();
-    let v: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("tokenizer_golden_dev.json")).unwrap()).unwrap();
+    let v: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("tokenizer_golden_dev.json")).unwrap(),
+    )
+    .unwrap();
     let cases = v["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 20);
     for c in cases {
         let text = c["text"].as_str().unwrap();
-        let want: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect();
-        assert_eq!(tok.encode(text).unwrap(), want, "GGUF tokenizer on {text:?}");
+        let want: Vec<u32> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            tok.encode(text).unwrap(),
+            want,
+            "GGUF tokenizer on {text:?}"
+        );
     }
 }
 
@@ -132,16 +182,33 @@ fn q8_0_top1_agreement_with_bf16() {
     let argmaxes = |m: &mut Model| -> Vec<u32> {
         let ids = m.encode(text).unwrap();
         m.reset();
-        m.forward_all_logits(&ids).unwrap().iter().map(|l| glint::reference::argmax(l, l.len())).collect()
+        m.forward_all_logits(&ids)
+            .unwrap()
+            .iter()
+            .map(|l| glint::reference::argmax(l, l.len()))
+            .collect()
     };
-    let Some(mut bf16) = load(name, LoadOptions::default()) else { return };
+    let Some(mut bf16) = load(name, LoadOptions::default()) else {
+        return;
+    };
     let reference = argmaxes(&mut bf16);
     drop(bf16);
-    let opts = LoadOptions { quant: Some(glint::quant::QuantType::Q8_0), ..Default::default() };
+    let opts = LoadOptions {
+        quant: Some(glint::quant::QuantType::Q8_0),
+        ..Default::default()
+    };
     let mut q8 = load(name, opts).unwrap();
     let got = argmaxes(&mut q8);
     let agree = got.iter().zip(&reference).filter(|(a, b)| a == b).count();
     let frac = agree as f64 / reference.len() as f64;
-    println!("q8_0 vs bf16: top-1 agreement {agree}/{} = {:.1}%", reference.len(), 100.0 * frac);
-    assert!(frac >= 0.95, "q8_0 top-1 agreement {:.1}% < 95%", 100.0 * frac);
+    println!(
+        "q8_0 vs bf16: top-1 agreement {agree}/{} = {:.1}%",
+        reference.len(),
+        100.0 * frac
+    );
+    assert!(
+        frac >= 0.95,
+        "q8_0 top-1 agreement {:.1}% < 95%",
+        100.0 * frac
+    );
 }

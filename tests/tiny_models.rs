@@ -178,7 +178,9 @@ fn greedy_with_small_prefill_batches() {
 /// still gives exactly the ids of a fresh run.
 #[test]
 fn cached_prefix_is_reused_and_exact() {
-    let Some(mut m) = load("tiny-qwen2", 64) else { return };
+    let Some(mut m) = load("tiny-qwen2", 64) else {
+        return;
+    };
     let c = &cases("tiny-qwen2")[2];
     let first = m.generate(&c.input[..20], 5, |_| Flow::Continue).unwrap();
     assert_eq!(first.reused_tokens, 0);
@@ -187,7 +189,11 @@ fn cached_prefix_is_reused_and_exact() {
     prompt.extend(&first.tokens);
     prompt.extend(&c.input[20..]);
     let second = m.generate(&prompt, 16, |_| Flow::Continue).unwrap();
-    assert_eq!(second.reused_tokens, 20 + first.tokens.len() - 1, "the last generated id was never fed");
+    assert_eq!(
+        second.reused_tokens,
+        20 + first.tokens.len() - 1,
+        "the last generated id was never fed"
+    );
     m.reset();
     let fresh = m.generate(&prompt, 16, |_| Flow::Continue).unwrap();
     assert_eq!(fresh.reused_tokens, 0);
@@ -197,7 +203,9 @@ fn cached_prefix_is_reused_and_exact() {
 /// Sampling: a fixed seed gives the same ids; temperature 0 with a repetition penalty of 1 is greedy.
 #[test]
 fn seeded_sampling_is_reproducible() {
-    let Some(mut m) = load("tiny-qwen2", 64) else { return };
+    let Some(mut m) = load("tiny-qwen2", 64) else {
+        return;
+    };
     let c = &cases("tiny-qwen2")[1];
     let mut sampling = glint::sampler::SamplingParams {
         temperature: 1.0,
@@ -206,16 +214,33 @@ fn seeded_sampling_is_reproducible() {
         seed: 42,
         ..glint::sampler::SamplingParams::greedy()
     };
-    let opts = glint::GenerateOptions { max_tokens: 16, sampling: sampling.clone() };
+    let opts = glint::GenerateOptions {
+        max_tokens: 16,
+        sampling: sampling.clone(),
+    };
     let run = |m: &mut Model, o: &glint::GenerateOptions| {
         m.reset();
-        m.generate_with(&c.input, o, |_| Flow::Continue).unwrap().tokens
+        m.generate_with(&c.input, o, |_| Flow::Continue)
+            .unwrap()
+            .tokens
     };
     let a = run(&mut m, &opts);
     assert_eq!(a, run(&mut m, &opts), "same seed, same ids");
     sampling.seed = 43;
-    let b = run(&mut m, &glint::GenerateOptions { max_tokens: 16, sampling });
-    assert_ne!(a, b, "another seed gives another continuation (16 draws at temperature 1)");
-    let greedy = glint::GenerateOptions { max_tokens: 16, ..Default::default() };
+    let b = run(
+        &mut m,
+        &glint::GenerateOptions {
+            max_tokens: 16,
+            sampling,
+        },
+    );
+    assert_ne!(
+        a, b,
+        "another seed gives another continuation (16 draws at temperature 1)"
+    );
+    let greedy = glint::GenerateOptions {
+        max_tokens: 16,
+        ..Default::default()
+    };
     assert_eq!(run(&mut m, &greedy), c.greedy);
 }

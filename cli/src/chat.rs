@@ -10,7 +10,7 @@ use crate::generate::{load_model, prompt_tokens_per_s, stream, SamplingArgs};
 use clap::Args;
 use glint::chat::Message;
 use glint::{GenerateOptions, LoadOptions, Model};
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -25,7 +25,13 @@ pub struct ChatArgs {
     #[arg(long = "system", visible_alias = "system-prompt", value_name = "TEXT")]
     system: Option<String>,
     /// Maximum number of tokens per answer.
-    #[arg(short = 'n', long = "max-tokens", visible_alias = "n-predict", default_value_t = 1024, value_name = "N")]
+    #[arg(
+        short = 'n',
+        long = "max-tokens",
+        visible_alias = "n-predict",
+        default_value_t = 1024,
+        value_name = "N"
+    )]
     max_tokens: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
@@ -108,12 +114,22 @@ pub fn chat(a: ChatArgs) -> glint::Result<()> {
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let mut line = String::new();
+    // The "> " prompt is for a person at a terminal; piped input gets the answers alone.
+    let interactive = std::io::stdin().is_terminal();
     loop {
-        print!("> ");
-        let _ = std::io::stdout().flush();
+        if interactive {
+            print!("> ");
+            let _ = std::io::stdout().flush();
+        }
         line.clear();
-        if input.read_line(&mut line).map_err(|e| glint::Error::Input(format!("reading stdin: {e}")))? == 0 {
-            println!();
+        if input
+            .read_line(&mut line)
+            .map_err(|e| glint::Error::Input(format!("reading stdin: {e}")))?
+            == 0
+        {
+            if interactive {
+                println!();
+            }
             break;
         }
         let text = line.trim_end_matches(['\n', '\r']);
@@ -165,7 +181,14 @@ pub fn chat(a: ChatArgs) -> glint::Result<()> {
         generating.store(true, Ordering::SeqCst);
         let result = {
             let mut out = std::io::stdout().lock();
-            stream(&mut model, &prompt, &gen_opts, &a.sampling.stop, Some(&interrupt), &mut out)
+            stream(
+                &mut model,
+                &prompt,
+                &gen_opts,
+                &a.sampling.stop,
+                Some(&interrupt),
+                &mut out,
+            )
         };
         generating.store(false, Ordering::SeqCst);
         println!();
@@ -193,7 +216,11 @@ pub fn chat(a: ChatArgs) -> glint::Result<()> {
         if s.interrupted {
             eprintln!("(stopped)");
         } else if g.finish_reason == glint::FinishReason::Length {
-            let why = if model.position() >= model.ctx_size() { "the context is full" } else { "--max-tokens reached" };
+            let why = if model.position() >= model.ctx_size() {
+                "the context is full"
+            } else {
+                "--max-tokens reached"
+            };
             eprintln!("(answer cut: {why})");
         }
         if !a.quiet {
@@ -235,7 +262,12 @@ fn with_system(system: Option<&str>, history: &[Message]) -> Vec<Message> {
 /// context): while it does not fit, the oldest messages are dropped (a user message with its answer),
 /// never the system prompt nor the new message. Returns the ids and how many messages were dropped; an
 /// error when the new message alone does not fit.
-fn fit(model: &Model, system: Option<&str>, history: &mut Vec<Message>, max_tokens: usize) -> glint::Result<(Vec<u32>, usize)> {
+fn fit(
+    model: &Model,
+    system: Option<&str>,
+    history: &mut Vec<Message>,
+    max_tokens: usize,
+) -> glint::Result<(Vec<u32>, usize)> {
     let ctx = model.ctx_size();
     let room = max_tokens.clamp(1, (ctx / 2).max(1));
     let mut dropped = 0;
@@ -297,7 +329,13 @@ mod tests {
 
     #[test]
     fn dropping_removes_a_whole_turn_and_never_the_new_message() {
-        let mut h = vec![user("a"), assistant("A"), user("b"), assistant("B"), user("c")];
+        let mut h = vec![
+            user("a"),
+            assistant("A"),
+            user("b"),
+            assistant("B"),
+            user("c"),
+        ];
         assert_eq!(drop_oldest_turn(&mut h), 2);
         assert_eq!(h, vec![user("b"), assistant("B"), user("c")]);
         assert_eq!(drop_oldest_turn(&mut h), 2);

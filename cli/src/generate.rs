@@ -29,7 +29,11 @@ pub struct SamplingArgs {
     pub min_p: Option<f32>,
     /// Penalise tokens already in the last --repeat-last-n tokens (1.0 = off; 1.05-1.2 is typical).
     /// Default: the model's.
-    #[arg(long = "repeat-penalty", visible_alias = "repetition-penalty", value_name = "X")]
+    #[arg(
+        long = "repeat-penalty",
+        visible_alias = "repetition-penalty",
+        value_name = "X"
+    )]
     pub repeat_penalty: Option<f32>,
     /// How many of the last context tokens the repeat penalty looks at (0 = the whole context).
     #[arg(long = "repeat-last-n", value_name = "N", default_value_t = 64)]
@@ -46,7 +50,11 @@ pub struct SamplingArgs {
 impl SamplingArgs {
     /// `defaults` (the model's, [`Model::sampling_defaults`]) with each flag given put over it, and the
     /// seed (the flag, else `seed`).
-    pub fn params(&self, defaults: glint::sampler::SamplingParams, seed: u64) -> glint::sampler::SamplingParams {
+    pub fn params(
+        &self,
+        defaults: glint::sampler::SamplingParams,
+        seed: u64,
+    ) -> glint::sampler::SamplingParams {
         let mut p = defaults;
         if let Some(t) = self.temperature {
             p.temperature = t;
@@ -70,7 +78,8 @@ impl SamplingArgs {
 
     /// Reject bad flag values before the model is loaded (the same checks as the engine's).
     pub fn validate(&self) -> glint::Result<()> {
-        self.params(glint::sampler::SamplingParams::greedy(), 0).validate()
+        self.params(glint::sampler::SamplingParams::greedy(), 0)
+            .validate()
     }
 
     /// The seed to use: the flag, else a fresh random one (32 bits, easy to copy).
@@ -94,7 +103,11 @@ fn random_seed() -> u64 {
 /// Resolve `model` (a path, or a Hugging Face repo id downloaded into / found in its cache) and load it
 /// onto the GPU, with a progress bar on stderr unless `quiet` (hidden anyway when stderr is not a
 /// terminal). Prints the one-line load report unless `quiet`.
-pub fn load_model(model: &str, mut opts: LoadOptions, quiet: bool) -> glint::Result<(Model, PathBuf)> {
+pub fn load_model(
+    model: &str,
+    mut opts: LoadOptions,
+    quiet: bool,
+) -> glint::Result<(Model, PathBuf)> {
     let path = glint::hub::resolve_model(model, !quiet)?;
     let bar = if quiet {
         ProgressBar::hidden()
@@ -207,7 +220,11 @@ pub fn stream(
             show(&filter.finish(), &mut text);
         }
     }
-    Ok(Streamed { generation, text, interrupted })
+    Ok(Streamed {
+        generation,
+        text,
+        interrupted,
+    })
 }
 
 /// Tokens per second of the prompt part that was computed (the reused prefix costs nothing).
@@ -250,7 +267,9 @@ mod tests {
     }
 
     fn parse(args: &[&str]) -> SamplingArgs {
-        T::try_parse_from(std::iter::once("t").chain(args.iter().copied())).unwrap().s
+        T::try_parse_from(std::iter::once("t").chain(args.iter().copied()))
+            .unwrap()
+            .s
     }
 
     fn model_defaults() -> SamplingParams {
@@ -268,12 +287,27 @@ mod tests {
     #[test]
     fn no_flags_keep_the_model_defaults() {
         let p = parse(&[]).params(model_defaults(), 42);
-        assert_eq!(p, SamplingParams { seed: 42, ..model_defaults() });
+        assert_eq!(
+            p,
+            SamplingParams {
+                seed: 42,
+                ..model_defaults()
+            }
+        );
     }
 
     #[test]
     fn flags_override_field_by_field() {
-        let a = parse(&["--temp", "0", "--top-k", "5", "--repeat-last-n", "0", "-s", "7"]);
+        let a = parse(&[
+            "--temp",
+            "0",
+            "--top-k",
+            "5",
+            "--repeat-last-n",
+            "0",
+            "-s",
+            "7",
+        ]);
         let p = a.params(model_defaults(), 42);
         assert_eq!(p.temperature, 0.0);
         assert!(p.is_greedy());
@@ -282,18 +316,35 @@ mod tests {
         assert_eq!(p.repetition_penalty, 1.05, "not given: the model's");
         assert_eq!(p.repeat_last_n, 0);
         assert_eq!(p.seed, 7, "--seed wins over the random one");
-        let p = parse(&["--temperature", "1.5", "--top-p", "0.9", "--min-p", "0.1", "--repeat-penalty", "1.2"])
-            .params(model_defaults(), 1);
-        assert_eq!((p.temperature, p.top_p, p.min_p, p.repetition_penalty), (1.5, 0.9, 0.1, 1.2));
+        let p = parse(&[
+            "--temperature",
+            "1.5",
+            "--top-p",
+            "0.9",
+            "--min-p",
+            "0.1",
+            "--repeat-penalty",
+            "1.2",
+        ])
+        .params(model_defaults(), 1);
+        assert_eq!(
+            (p.temperature, p.top_p, p.min_p, p.repetition_penalty),
+            (1.5, 0.9, 0.1, 1.2)
+        );
     }
 
     #[test]
     fn stop_is_repeatable_and_bad_values_are_refused() {
-        assert_eq!(parse(&["--stop", "\n\n", "--stop", "END"]).stop, vec!["\n\n", "END"]);
+        assert_eq!(
+            parse(&["--stop", "\n\n", "--stop", "END"]).stop,
+            vec!["\n\n", "END"]
+        );
         assert!(parse(&["--top-p", "1.5"]).validate().is_err());
         assert!(parse(&["--temp=-1"]).validate().is_err());
         assert!(parse(&["--min-p", "2"]).validate().is_err());
-        assert!(parse(&["--temp", "0.8", "--top-p", "0.95"]).validate().is_ok());
+        assert!(parse(&["--temp", "0.8", "--top-p", "0.95"])
+            .validate()
+            .is_ok());
     }
 
     #[test]

@@ -27,7 +27,13 @@ pub struct RunArgs {
     #[arg(long = "system", visible_alias = "system-prompt", value_name = "TEXT")]
     system: Option<String>,
     /// Maximum number of tokens to generate.
-    #[arg(short = 'n', long = "max-tokens", visible_alias = "n-predict", default_value_t = 256, value_name = "N")]
+    #[arg(
+        short = 'n',
+        long = "max-tokens",
+        visible_alias = "n-predict",
+        default_value_t = 256,
+        value_name = "N"
+    )]
     max_tokens: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
@@ -90,7 +96,14 @@ pub fn run(a: RunArgs) -> glint::Result<()> {
         sampling: a.sampling.params(model.sampling_defaults(), seed),
     };
     let mut out = std::io::stdout().lock();
-    let s = stream(&mut model, &prompt, &gen_opts, &a.sampling.stop, None, &mut out)?;
+    let s = stream(
+        &mut model,
+        &prompt,
+        &gen_opts,
+        &a.sampling.stop,
+        None,
+        &mut out,
+    )?;
     let g = &s.generation;
     let _ = writeln!(out);
     let _ = out.flush();
@@ -114,4 +127,35 @@ pub fn run(a: RunArgs) -> glint::Result<()> {
         let _ = writeln!(out, "{j}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// `--help` explains every flag of every subcommand (a doc comment on each).
+    #[test]
+    fn every_flag_has_help() {
+        let cli = crate::Cli::command();
+        cli.clone().debug_assert();
+        for sub in cli.get_subcommands() {
+            assert!(
+                sub.get_about().is_some(),
+                "glint {} has no description",
+                sub.get_name()
+            );
+            for arg in sub.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                assert!(
+                    !help.trim().is_empty(),
+                    "glint {} --{id} has no help text",
+                    sub.get_name()
+                );
+            }
+        }
+    }
 }

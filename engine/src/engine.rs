@@ -8,15 +8,15 @@
 use crate::chat::{ChatTemplate, Message};
 use crate::config::{GenerationConfig, ModelConfig};
 use crate::error::{Error, Result};
+use crate::gguf_loader::GgufModel;
 use crate::gpu::{Gpu, GpuOptions};
 use crate::graph::{Activations, Graph, KvCache, LinearKind, Plan, StepUniform};
 use crate::kernels::{Kernels, Shapes};
 use crate::model::{Logits, Qwen2, WeightSource};
+use crate::quant::QuantType;
 use crate::safetensors_loader::SafetensorsWeights;
 use crate::sampler::{penalty_window, GpuSampler, SamplingParams, SeededRng};
 use crate::tokenizer::Tokenizer;
-use crate::gguf_loader::GgufModel;
-use crate::quant::QuantType;
 use crate::weights::HostMatrix;
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -104,7 +104,10 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_tokens: 256, sampling: SamplingParams::greedy() }
+        GenerateOptions {
+            max_tokens: 256,
+            sampling: SamplingParams::greedy(),
+        }
     }
 }
 
@@ -166,7 +169,11 @@ struct Quantizing<'a> {
 
 impl<'a> Quantizing<'a> {
     fn new(inner: &'a dyn WeightSource, target: QuantType) -> Self {
-        Quantizing { inner, target, fallbacks: RefCell::new(vec![]) }
+        Quantizing {
+            inner,
+            target,
+            fallbacks: RefCell::new(vec![]),
+        }
     }
 
     fn type_for(&self, cols: usize) -> QuantType {
@@ -225,7 +232,13 @@ impl WeightSource for Quantizing<'_> {
         }
         let f32s = crate::reference::decode_weights(m.format, &m.data);
         let data = crate::reference::encode_weights(t, &f32s);
-        Ok(HostMatrix { name: m.name, format: t, rows, cols, data: Cow::Owned(data) })
+        Ok(HostMatrix {
+            name: m.name,
+            format: t,
+            rows,
+            cols,
+            data: Cow::Owned(data),
+        })
     }
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
         self.inner.vector(name, len)
@@ -265,13 +278,17 @@ impl Model {
         match opts.quant {
             Some(q) => {
                 let qw = Quantizing::new(&weights, q);
-                let m = Self::build(path, cfg, gen_cfg, tokenizer, template, &qw, total, opts, t0)?;
+                let m = Self::build(
+                    path, cfg, gen_cfg, tokenizer, template, &qw, total, opts, t0,
+                )?;
                 for line in qw.report() {
                     log::warn!("{line}");
                 }
                 Ok(m)
             }
-            None => Self::build(path, cfg, gen_cfg, tokenizer, template, &weights, total, opts, t0),
+            None => Self::build(
+                path, cfg, gen_cfg, tokenizer, template, &weights, total, opts, t0,
+            ),
         }
     }
 
@@ -321,7 +338,11 @@ impl Model {
             }
         };
         let net = Qwen2::load(&gpu, &cfg, weights, ctx, &mut progress)?;
-        if let Some(m) = net.matrices().into_iter().find(|m| !kernels.supports(m.format)) {
+        if let Some(m) = net
+            .matrices()
+            .into_iter()
+            .find(|m| !kernels.supports(m.format))
+        {
             return Err(Error::Model(format!(
                 "tensor '{}' is {}, which has no GPU kernel yet",
                 m.name,
@@ -339,7 +360,9 @@ impl Model {
             }),
         );
         let dummy = gpu.storage("dummy", 16)?;
-        let n_valid = tokenizer.as_ref().map_or(cfg.vocab, |t| sampleable_ids(t).min(cfg.vocab));
+        let n_valid = tokenizer
+            .as_ref()
+            .map_or(cfg.vocab, |t| sampleable_ids(t).min(cfg.vocab));
         let mut stop_ids: Vec<u32> = gen_cfg.eos.iter().chain(&cfg.eos).copied().collect();
         stop_ids.sort();
         stop_ids.dedup();
@@ -526,7 +549,9 @@ impl Model {
 
     fn step(&mut self, ids: &[u32], sampling: Option<(&SamplingParams, f32)>) -> Result<u32> {
         if ids.is_empty() {
-            return Err(Error::Input("empty prompt: at least one token is needed".into()));
+            return Err(Error::Input(
+                "empty prompt: at least one token is needed".into(),
+            ));
         }
         self.check_ids(ids)?;
         let mut next = 0;
@@ -534,13 +559,19 @@ impl Model {
         for (i, chunk) in ids.chunks(self.acts.batch).enumerate() {
             self.write_step(chunk);
             self.cache.extend_from_slice(chunk);
-            let plan = if chunk.len() == 1 { &self.decode } else { &self.prefill };
+            let plan = if chunk.len() == 1 {
+                &self.decode
+            } else {
+                &self.prefill
+            };
             let mut enc = self.gpu.device.create_command_encoder(&Default::default());
             plan.record(&mut enc, chunk.len() as u32);
             // Pure greedy reads the argmax the plan already computed; anything else runs the sampler
             // (which applies the repetition penalty even at temperature 0).
             match sampling {
-                Some((p, u)) if i + 1 == n_chunks && !(p.is_greedy() && p.repetition_penalty == 1.0) => {
+                Some((p, u))
+                    if i + 1 == n_chunks && !(p.is_greedy() && p.repetition_penalty == 1.0) =>
+                {
                     let window = penalty_window(&self.cache, p.repeat_last_n);
                     self.sampler.prepare(&self.gpu.queue, p, &window, u)?;
                     self.sampler.record(&mut enc);
@@ -573,7 +604,13 @@ impl Model {
             }
             let buf = self.gpu.storage("all_logits", rows as u64 * row)?;
             let mut g = Graph::new(&self.gpu, &self.kernels, &self.step, &self.dummy);
-            self.net.forward(&mut g, &self.acts, &self.kv, LinearKind::Mat, Logits::All(&buf));
+            self.net.forward(
+                &mut g,
+                &self.acts,
+                &self.kv,
+                LinearKind::Mat,
+                Logits::All(&buf),
+            );
             self.all_logits = Some((g.finish(), buf, rows));
         }
         let (plan, buf, rows) = self.all_logits.as_ref().expect("built above");
@@ -591,8 +628,16 @@ impl Model {
     }
 
     /// Greedy generation: see [`Model::generate_with`].
-    pub fn generate(&mut self, prompt: &[u32], max_tokens: usize, on_token: impl FnMut(u32) -> Flow) -> Result<Generation> {
-        let opts = GenerateOptions { max_tokens, ..Default::default() };
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        max_tokens: usize,
+        on_token: impl FnMut(u32) -> Flow,
+    ) -> Result<Generation> {
+        let opts = GenerateOptions {
+            max_tokens,
+            ..Default::default()
+        };
         self.generate_with(prompt, &opts, on_token)
     }
 
@@ -607,12 +652,19 @@ impl Model {
         mut on_token: impl FnMut(u32) -> Flow,
     ) -> Result<Generation> {
         if prompt.is_empty() {
-            return Err(Error::Input("empty prompt: at least one token is needed".into()));
+            return Err(Error::Input(
+                "empty prompt: at least one token is needed".into(),
+            ));
         }
         let p = &opts.sampling;
         p.validate()?;
         // Reuse the cached prefix, but always run at least the last prompt token to get its logits.
-        let same = self.cache.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let same = self
+            .cache
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count();
         self.truncate(same.min(prompt.len() - 1));
         let reused = self.cache.len();
         let mut rng = SeededRng::new(p.seed);
@@ -665,8 +717,12 @@ pub fn tokenizer_for(path: &Path) -> Result<Tokenizer> {
             std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
         ));
     }
-    load_tokenizer(path)?
-        .ok_or_else(|| Error::format(path, "no tokenizer (tokenizer.json, or tokenizer.ggml.* in a GGUF file)"))
+    load_tokenizer(path)?.ok_or_else(|| {
+        Error::format(
+            path,
+            "no tokenizer (tokenizer.json, or tokenizer.ggml.* in a GGUF file)",
+        )
+    })
 }
 
 /// How many leading ids may be sampled: the tokenizer's ids, less a trailing run of padding entries
@@ -675,7 +731,9 @@ pub fn sampleable_ids(t: &Tokenizer) -> usize {
     let mut n = t.n_defined();
     while n > 0 {
         let is_pad = t.id_to_token(n as u32 - 1).is_some_and(|s| {
-            s.strip_prefix("[PAD").and_then(|r| r.strip_suffix(']')).is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))
+            s.strip_prefix("[PAD")
+                .and_then(|r| r.strip_suffix(']'))
+                .is_some_and(|d| d.bytes().all(|b| b.is_ascii_digit()))
         });
         if !is_pad {
             break;

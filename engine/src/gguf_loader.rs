@@ -54,7 +54,10 @@ impl GgufModel {
     }
 
     fn config(f: &Gguf) -> Result<ModelConfig> {
-        let arch = f.get_str("general.architecture")?.ok_or_else(|| f.missing("general.architecture"))?.to_string();
+        let arch = f
+            .get_str("general.architecture")?
+            .ok_or_else(|| f.missing("general.architecture"))?
+            .to_string();
         if arch != "qwen2" {
             return Err(Error::format(
                 f.path(),
@@ -67,10 +70,18 @@ impl GgufModel {
         };
         let hidden = u("embedding_length")?;
         let n_heads = u("attention.head_count")?;
-        let n_kv_heads = f.get_u64("qwen2.attention.head_count_kv")?.map(|x| x as usize).unwrap_or(n_heads);
+        let n_kv_heads = f
+            .get_u64("qwen2.attention.head_count_kv")?
+            .map(|x| x as usize)
+            .unwrap_or(n_heads);
         let vocab = match f.tensor("token_embd.weight") {
             Some(t) => t.n_rows() as usize,
-            None => return Err(Error::format(f.path(), "tensor 'token_embd.weight' is missing")),
+            None => {
+                return Err(Error::format(
+                    f.path(),
+                    "tensor 'token_embd.weight' is missing",
+                ))
+            }
         };
         let cfg = ModelConfig {
             architecture: arch,
@@ -79,14 +90,25 @@ impl GgufModel {
             n_layers: u("block_count")?,
             n_heads,
             n_kv_heads,
-            head_dim: f.get_u64("qwen2.attention.key_length")?.map(|x| x as usize).unwrap_or(hidden / n_heads.max(1)),
+            head_dim: f
+                .get_u64("qwen2.attention.key_length")?
+                .map(|x| x as usize)
+                .unwrap_or(hidden / n_heads.max(1)),
             vocab,
-            rms_eps: f.get_f32("qwen2.attention.layer_norm_rms_epsilon")?.unwrap_or(1e-6),
+            rms_eps: f
+                .get_f32("qwen2.attention.layer_norm_rms_epsilon")?
+                .unwrap_or(1e-6),
             rope_theta: f.get_f32("qwen2.rope.freq_base")?.unwrap_or(10000.0) as f64,
-            max_position: f.get_u64("qwen2.context_length")?.map(|x| x as usize).unwrap_or(32768),
+            max_position: f
+                .get_u64("qwen2.context_length")?
+                .map(|x| x as usize)
+                .unwrap_or(32768),
             tie_embeddings: f.tensor("output.weight").is_none(),
             bos: f.get_u32("tokenizer.ggml.bos_token_id")?,
-            eos: f.get_u32("tokenizer.ggml.eos_token_id")?.into_iter().collect(),
+            eos: f
+                .get_u32("tokenizer.ggml.eos_token_id")?
+                .into_iter()
+                .collect(),
         };
         cfg.validate().map_err(|m| Error::format(f.path(), m))?;
         Ok(cfg)
@@ -95,7 +117,9 @@ impl GgufModel {
     /// The tokenizer rebuilt from `tokenizer.ggml.*`, or None when the file carries no vocabulary.
     pub fn tokenizer(&self) -> Result<Option<Tokenizer>> {
         let f = &self.file;
-        let Some(tokens) = f.get_str_array("tokenizer.ggml.tokens")? else { return Ok(None) };
+        let Some(tokens) = f.get_str_array("tokenizer.ggml.tokens")? else {
+            return Ok(None);
+        };
         let model = f.get_str("tokenizer.ggml.model")?.unwrap_or("gpt2");
         if model != "gpt2" {
             return Err(Error::format(
@@ -104,7 +128,9 @@ impl GgufModel {
             ));
         }
         let tokens: Vec<String> = tokens.into_iter().map(str::to_string).collect();
-        let types = f.get_i32_array("tokenizer.ggml.token_type")?.unwrap_or_else(|| vec![1; tokens.len()]);
+        let types = f
+            .get_i32_array("tokenizer.ggml.token_type")?
+            .unwrap_or_else(|| vec![1; tokens.len()]);
         let merges: Vec<String> = f
             .get_str_array("tokenizer.ggml.merges")?
             .ok_or_else(|| f.missing("tokenizer.ggml.merges"))?
@@ -118,11 +144,19 @@ impl GgufModel {
     /// The chat template from `tokenizer.chat_template`, with bos/eos token texts.
     pub fn chat_template(&self, tok: Option<&Tokenizer>) -> Result<Option<ChatTemplate>> {
         let f = &self.file;
-        let Some(src) = f.get_str("tokenizer.chat_template")? else { return Ok(None) };
-        let text = |key: &str| -> Result<Option<String>> {
-            Ok(f.get_u32(key)?.and_then(|id| tok.and_then(|t| t.id_to_token(id))))
+        let Some(src) = f.get_str("tokenizer.chat_template")? else {
+            return Ok(None);
         };
-        ChatTemplate::new(src, text("tokenizer.ggml.bos_token_id")?, text("tokenizer.ggml.eos_token_id")?).map(Some)
+        let text = |key: &str| -> Result<Option<String>> {
+            Ok(f.get_u32(key)?
+                .and_then(|id| tok.and_then(|t| t.id_to_token(id))))
+        };
+        ChatTemplate::new(
+            src,
+            text("tokenizer.ggml.bos_token_id")?,
+            text("tokenizer.ggml.eos_token_id")?,
+        )
+        .map(Some)
     }
 
     /// Stop ids: the eos id, plus the end-of-turn id if the file names one.
@@ -132,7 +166,10 @@ impl GgufModel {
         if let Some(eot) = f.get_u32("tokenizer.ggml.eot_token_id")? {
             eos.push(eot);
         }
-        Ok(GenerationConfig { eos, ..Default::default() })
+        Ok(GenerationConfig {
+            eos,
+            ..Default::default()
+        })
     }
 }
 
@@ -143,12 +180,18 @@ impl WeightSource for GgufModel {
 
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<HostMatrix<'_>> {
         let f = &self.file;
-        let g = gguf_name(name).ok_or_else(|| Error::Model(format!("no GGUF name for tensor '{name}'")))?;
-        let t = f.tensor(&g).ok_or_else(|| Error::format(f.path(), format!("tensor '{g}' is missing")))?;
+        let g = gguf_name(name)
+            .ok_or_else(|| Error::Model(format!("no GGUF name for tensor '{name}'")))?;
+        let t = f
+            .tensor(&g)
+            .ok_or_else(|| Error::format(f.path(), format!("tensor '{g}' is missing")))?;
         if t.dims != [cols as u64, rows as u64] {
             return Err(Error::format(
                 f.path(),
-                format!("tensor '{g}' has dims {:?}, the metadata implies [{cols}, {rows}]", t.dims),
+                format!(
+                    "tensor '{g}' has dims {:?}, the metadata implies [{cols}, {rows}]",
+                    t.dims
+                ),
             ));
         }
         let words = quant::repack_for_gpu(t.ggml_type, f.tensor_data(t));
@@ -163,10 +206,16 @@ impl WeightSource for GgufModel {
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
         let f = &self.file;
-        let g = gguf_name(name).ok_or_else(|| Error::Model(format!("no GGUF name for tensor '{name}'")))?;
-        let t = f.tensor(&g).ok_or_else(|| Error::format(f.path(), format!("tensor '{g}' is missing")))?;
+        let g = gguf_name(name)
+            .ok_or_else(|| Error::Model(format!("no GGUF name for tensor '{name}'")))?;
+        let t = f
+            .tensor(&g)
+            .ok_or_else(|| Error::format(f.path(), format!("tensor '{g}' is missing")))?;
         if t.n_elements() != len as u64 {
-            return Err(Error::format(f.path(), format!("tensor '{g}' has dims {:?}, expected [{len}]", t.dims)));
+            return Err(Error::format(
+                f.path(),
+                format!("tensor '{g}' has dims {:?}, expected [{len}]", t.dims),
+            ));
         }
         let mut out = vec![0f32; len];
         quant::dequantize(t.ggml_type, f.tensor_data(t), &mut out);

@@ -264,7 +264,8 @@ impl Gpu {
     }
 
     fn count(&self, bytes: u64) {
-        self.allocated.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        self.allocated
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn storage_init(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {

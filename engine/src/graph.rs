@@ -264,14 +264,40 @@ impl<'a> Graph<'a> {
     /// y (+)= W x + b for every token row. With `accumulate`, the product is added to y (the fused
     /// residual connection). `Vec` is the decode form (one token); `Mat` the prefill form, which runs
     /// the tiled matmul or, where the device's shapes say so, matvec over blocks of tokens.
-    pub fn linear(&mut self, l: &Linear, x: &wgpu::Buffer, y: &wgpu::Buffer, accumulate: bool, kind: LinearKind) {
+    pub fn linear(
+        &mut self,
+        l: &Linear,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        accumulate: bool,
+        kind: LinearKind,
+    ) {
         let flags = l.b.is_some() as u32 | ((accumulate as u32) << 1);
         let bias = l.b.as_ref().unwrap_or(self.dummy);
         let w = &l.w;
         let shapes = &self.k.shapes;
         for c in &w.chunks {
-            let p = self.uniform("linear", &[c.rows as u32, w.cols as u32, c.row_start as u32, flags, w.rows as u32, 0, 0, 0]);
-            let bufs = [(0, &p), (1, self.step), (2, &c.buffer), (3, x), (4, bias), (5, y)];
+            let p = self.uniform(
+                "linear",
+                &[
+                    c.rows as u32,
+                    w.cols as u32,
+                    c.row_start as u32,
+                    flags,
+                    w.rows as u32,
+                    0,
+                    0,
+                    0,
+                ],
+            );
+            let bufs = [
+                (0, &p),
+                (1, self.step),
+                (2, &c.buffer),
+                (3, x),
+                (4, bias),
+                (5, y),
+            ];
             let rows_per_wg = shapes.matvec_wg / shapes.tpr;
             let row_groups = (c.rows as u32).div_ceil(rows_per_wg);
             match (kind, shapes.prefill_tok) {

@@ -66,7 +66,11 @@ pub fn resolve_model(arg: &str, progress: bool) -> Result<PathBuf> {
 
 /// The Hugging Face hub cache directory (see the module docs for the variables honoured).
 pub fn cache_dir() -> Result<PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     if let Some(p) = var("HF_HUB_CACHE") {
         return Ok(p);
     }
@@ -79,7 +83,8 @@ pub fn cache_dir() -> Result<PathBuf> {
     match var("HOME").or_else(|| var("USERPROFILE")) {
         Some(home) => Ok(home.join(".cache").join("huggingface").join("hub")),
         None => Err(Error::Input(
-            "no home directory to find the Hugging Face cache in: set HF_HUB_CACHE or HF_HOME".into(),
+            "no home directory to find the Hugging Face cache in: set HF_HUB_CACHE or HF_HOME"
+                .into(),
         )),
     }
 }
@@ -87,7 +92,12 @@ pub fn cache_dir() -> Result<PathBuf> {
 /// `HF_HUB_OFFLINE` set to a true value (1, true, yes, on), as huggingface_hub reads it.
 pub fn offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
-        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+        .map(|v| {
+            matches!(
+                v.trim().to_ascii_lowercase().as_str(),
+                "1" | "true" | "yes" | "on"
+            )
+        })
         .unwrap_or(false)
 }
 
@@ -97,7 +107,8 @@ pub fn is_repo_id(s: &str) -> bool {
         !p.is_empty()
             && !p.starts_with('.')
             && !p.ends_with(".gguf")
-            && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
     };
     let mut parts = s.split('/');
     match (parts.next(), parts.next(), parts.next()) {
@@ -138,11 +149,20 @@ fn shard_names(index: &Path) -> Result<Vec<String>> {
         .get("weight_map")
         .and_then(|m| m.as_object())
         .ok_or_else(|| Error::format(index, "no 'weight_map' object"))?;
-    let mut names: Vec<String> = map.values().filter_map(|s| s.as_str().map(str::to_string)).collect();
+    let mut names: Vec<String> = map
+        .values()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect();
     names.sort();
     names.dedup();
-    if let Some(bad) = names.iter().find(|n| n.contains("..") || n.starts_with('/')) {
-        return Err(Error::format(index, format!("shard name '{bad}' leaves the repository")));
+    if let Some(bad) = names
+        .iter()
+        .find(|n| n.contains("..") || n.starts_with('/'))
+    {
+        return Err(Error::format(
+            index,
+            format!("shard name '{bad}' leaves the repository"),
+        ));
     }
     Ok(names)
 }
@@ -167,9 +187,16 @@ fn unreachable_help(repo: &str) -> String {
 /// Fail fast when the endpoint cannot be reached: name lookup and TCP connect within
 /// [`CONNECT_TIMEOUT`]. Skipped when a proxy is configured (ureq connects through it).
 fn probe(endpoint: &str, repo: &str) -> Result<()> {
-    let proxied = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy"]
-        .iter()
-        .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()));
+    let proxied = [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+    ]
+    .iter()
+    .any(|k| std::env::var_os(k).is_some_and(|v| !v.is_empty()));
     if proxied {
         return Ok(());
     }
@@ -179,7 +206,9 @@ fn probe(endpoint: &str, repo: &str) -> Result<()> {
     };
     let authority = rest.split('/').next().unwrap_or(rest);
     let authority = authority.rsplit('@').next().unwrap_or(authority);
-    let has_port = authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
         && !authority.ends_with(']');
     let target = if has_port {
         authority.to_string()
@@ -192,7 +221,8 @@ fn probe(endpoint: &str, repo: &str) -> Result<()> {
     std::thread::spawn(move || {
         let result = (|| {
             let addrs: Vec<_> = t.to_socket_addrs()?.collect();
-            let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "the name has no address");
+            let mut last =
+                std::io::Error::new(std::io::ErrorKind::NotFound, "the name has no address");
             for a in addrs {
                 match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
                     Ok(_) => return Ok(()),
@@ -259,7 +289,9 @@ fn download(cache: &Path, repo: &str, progress: bool) -> Result<PathBuf> {
     if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()) {
         builder = builder.with_token(Some(token));
     }
-    let api = builder.build().map_err(|e| hub_error(repo, "(client)", e))?;
+    let api = builder
+        .build()
+        .map_err(|e| hub_error(repo, "(client)", e))?;
     let r = api.model(repo.to_string());
     let info = r.info().map_err(|e| hub_error(repo, LISTING, e))?;
     let listed = |f: &str| info.siblings.iter().any(|s| s.rfilename == f);
@@ -304,7 +336,17 @@ mod tests {
         for id in ["Qwen/Qwen2-0.5B-Instruct", "gpt2", "org_1/name.v2"] {
             assert!(is_repo_id(id), "{id}");
         }
-        for p in ["/abs/dir", "./x", "a/b/c", "models/x.gguf", "x.gguf", "", "a//b", "../up", "a b/c"] {
+        for p in [
+            "/abs/dir",
+            "./x",
+            "a/b/c",
+            "models/x.gguf",
+            "x.gguf",
+            "",
+            "a//b",
+            "../up",
+            "a b/c",
+        ] {
             assert!(!is_repo_id(p), "{p}");
         }
     }

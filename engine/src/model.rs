@@ -191,7 +191,14 @@ impl Qwen2 {
     }
 
     /// Lay out one forward pass. `kind` is Vec for single-token decode, Mat for prefill.
-    pub fn forward(&self, g: &mut Graph, a: &Activations, kv: &KvCache, kind: LinearKind, logits: Logits) {
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        a: &Activations,
+        kv: &KvCache,
+        kind: LinearKind,
+        logits: Logits,
+    ) {
         let c = &self.cfg;
         g.embed(&self.embed, &a.tokens, &a.x);
         for (layer, cache) in self.layers.iter().zip(&kv.layers) {
@@ -225,7 +232,9 @@ impl Qwen2 {
         v.extend(self.lm_head.as_ref());
         for l in &self.layers {
             let (a, m) = (&l.attn, &l.mlp);
-            v.extend([&a.q.w, &a.k.w, &a.v.w, &a.o.w, &m.gate.w, &m.up.w, &m.down.w]);
+            v.extend([
+                &a.q.w, &a.k.w, &a.v.w, &a.o.w, &m.gate.w, &m.up.w, &m.down.w,
+            ]);
         }
         v
     }

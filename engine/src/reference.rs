@@ -10,7 +10,10 @@ pub fn decode_weights(format: QuantType, data: &[u8]) -> Vec<f32> {
         QuantType::F16 | QuantType::BF16 => data.len() / 2,
         q => data.len() / (q.gpu_block_words() * 4) * q.block_size(),
     };
-    let words: Vec<u32> = data.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let words: Vec<u32> = data
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     let mut out = vec![0f32; n];
     crate::quant::dequantize_gpu(format, &words, &mut out);
     out

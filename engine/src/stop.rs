@@ -10,14 +10,21 @@ pub struct StopFilter {
 
 impl StopFilter {
     pub fn new(stops: &[String]) -> Self {
-        StopFilter { stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(), pending: String::new() }
+        StopFilter {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            pending: String::new(),
+        }
     }
 
     /// Add a piece of generated text. Returns the text that is safe to show now, and whether a stop
     /// string was completed (then the returned text ends right before it).
     pub fn push(&mut self, piece: &str) -> (String, bool) {
         self.pending.push_str(piece);
-        let first_stop = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min();
+        let first_stop = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min();
         if let Some(at) = first_stop {
             let out = self.pending[..at].to_string();
             self.pending.clear();
@@ -64,8 +71,14 @@ mod tests {
 
     #[test]
     fn stop_split_across_pieces_is_never_shown() {
-        assert_eq!(run(&["\n\n"], &["Hello", "\n", "\nWorld"]), ("Hello".into(), true));
-        assert_eq!(run(&["END"], &["abc E", "N", "D more"]), ("abc ".into(), true));
+        assert_eq!(
+            run(&["\n\n"], &["Hello", "\n", "\nWorld"]),
+            ("Hello".into(), true)
+        );
+        assert_eq!(
+            run(&["END"], &["abc E", "N", "D more"]),
+            ("abc ".into(), true)
+        );
     }
 
     #[test]

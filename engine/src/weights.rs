@@ -9,7 +9,10 @@ pub use crate::quant::QuantType;
 
 /// The shaders' `WFMT` constant for a storage format (the order of `QuantType::ALL`).
 pub fn wfmt(t: QuantType) -> usize {
-    QuantType::ALL.iter().position(|&x| x == t).expect("ALL lists every type")
+    QuantType::ALL
+        .iter()
+        .position(|&x| x == t)
+        .expect("ALL lists every type")
 }
 
 /// The float formats (matvec.wgsl / matmul.wgsl); the others are block quantizations.

@@ -31,11 +31,21 @@ pub fn glint_bin() -> &'static Path {
             .and_then(Path::parent)
             .expect("target/<profile>/deps/test")
             .to_path_buf();
-        let profile = profile_dir.file_name().and_then(|s| s.to_str()).unwrap_or("debug").to_string();
+        let profile = profile_dir
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or("debug")
+            .to_string();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--quiet", "-p", "glint-cli", "--bin", "glint"]);
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+            "build",
+            "--quiet",
+            "-p",
+            "glint-cli",
+            "--bin",
+            "glint",
+        ]);
         match profile.as_str() {
             "debug" => {}
             "release" => {
@@ -48,8 +58,13 @@ pub fn glint_bin() -> &'static Path {
         if let Some(target_dir) = profile_dir.parent() {
             cmd.env("CARGO_TARGET_DIR", target_dir);
         }
-        let status = cmd.status().expect("running cargo to build the glint binary");
-        assert!(status.success(), "building the glint binary failed ({status})");
+        let status = cmd
+            .status()
+            .expect("running cargo to build the glint binary");
+        assert!(
+            status.success(),
+            "building the glint binary failed ({status})"
+        );
         let bin = profile_dir.join(format!("glint{}", std::env::consts::EXE_SUFFIX));
         assert!(bin.exists(), "{} was not built", bin.display());
         bin
@@ -82,3 +97,106 @@ pub fn real_model(name: &str) -> Option<PathBuf> {
 
 /// The default model of the CLI tests: the Q4_K_M GGUF file.
 pub const GGUF: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
+
+/// The tokenizer of [`fake_hf_cache`]'s model.
+#[derive(Copy, Clone, PartialEq)]
+pub enum Tok {
+    /// Qwen2.5's own: decodes any id, but text encodes to ids beyond the tiny vocabulary of 512.
+    Qwen,
+    /// Byte-level BPE without merges: id = byte value, `<|im_start|>` 256, `<|im_end|>` 257, so any
+    /// text and the Qwen chat template encode within the tiny vocabulary.
+    Bytes,
+}
+
+/// A Hugging Face cache with `models--test--tiny-qwen2`: the tiny weights, a tokenizer ([`Tok`]) and
+/// Qwen2.5's tokenizer_config.json (chat template), the weights as a blob behind a symlink as
+/// huggingface_hub stores them.
+pub fn fake_hf_cache(root: &Path, tokenizer: Tok) -> PathBuf {
+    let repo = root.join("models--test--tiny-qwen2");
+    let rev = "0123456789abcdef0123456789abcdef01234567";
+    let snap = repo.join("snapshots").join(rev);
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), rev).unwrap();
+    for f in ["config.json", "generation_config.json"] {
+        std::fs::copy(crate::common::fixture("tiny-qwen2").join(f), snap.join(f)).unwrap();
+    }
+    let qwen = crate::common::fixture("qwen2.5-coder-0.5b-instruct");
+    std::fs::copy(
+        qwen.join("tokenizer_config.json"),
+        snap.join("tokenizer_config.json"),
+    )
+    .unwrap();
+    match tokenizer {
+        Tok::Qwen => {
+            std::fs::copy(qwen.join("tokenizer.json"), snap.join("tokenizer.json")).unwrap();
+        }
+        Tok::Bytes => std::fs::write(snap.join("tokenizer.json"), byte_tokenizer_json()).unwrap(),
+    }
+    let blob = repo.join("blobs/deadbeef");
+    std::fs::copy(
+        crate::common::fixture("tiny-qwen2").join("model.safetensors"),
+        &blob,
+    )
+    .unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink("../../blobs/deadbeef", snap.join("model.safetensors")).unwrap();
+    #[cfg(not(unix))]
+    std::fs::copy(&blob, snap.join("model.safetensors")).unwrap();
+    root.to_path_buf()
+}
+
+/// A fresh directory under the system temp dir, unique to this test process.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("glint-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// tokenizer.json of [`Tok::Bytes`]: GPT-2's byte-to-character map as the vocabulary, no merges.
+fn byte_tokenizer_json() -> String {
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    let vocab: serde_json::Map<String, serde_json::Value> = bs
+        .iter()
+        .zip(&cs)
+        .map(|(&b, &c)| {
+            (
+                char::from_u32(c).unwrap().to_string(),
+                serde_json::Value::from(b),
+            )
+        })
+        .collect();
+    let added = |id: u32, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+    };
+    let level = serde_json::json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false,
+        "use_regex": false});
+    serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [added(256, "<|im_start|>"), added(257, "<|im_end|>")],
+        "normalizer": null,
+        "pre_tokenizer": level,
+        "post_processor": null,
+        "decoder": level,
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "vocab": vocab, "merges": []}
+    })
+    .to_string()
+}

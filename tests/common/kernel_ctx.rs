@@ -23,7 +23,12 @@ pub fn ctx_with(f: impl FnOnce(&mut Shapes)) -> Option<Ctx> {
     let k = Kernels::new(&gpu, shapes).expect("pipelines");
     let step = gpu.uniform_init("step", &[0u8; 16]);
     let dummy = gpu.storage("dummy", 16).unwrap();
-    Some(Ctx { gpu, k, step, dummy })
+    Some(Ctx {
+        gpu,
+        k,
+        step,
+        dummy,
+    })
 }
 
 impl Ctx {
