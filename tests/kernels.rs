@@ -4,52 +4,11 @@
 //! 1e-5 relative.
 
 mod common;
-use common::kernel_ctx::{ctx, ctx_with, Ctx};
+use common::kernel_ctx::{ctx, ctx_with, linear_case};
 use common::{max_abs_diff, run, Rng};
-use glint::graph::{Linear, LinearKind};
+use glint::graph::LinearKind;
 use glint::reference as r;
-use glint::weights::{gpu_row_bytes, HostMatrix, Matrix, QuantType, FLOATS};
-use std::borrow::Cow;
-
-impl Ctx {
-    /// A weight matrix quantized to `f` (the values the GPU sees, decoded back to f32 for the reference).
-    fn matrix(
-        &self,
-        rng: &mut Rng,
-        f: QuantType,
-        rows: usize,
-        cols: usize,
-        chunk: u64,
-    ) -> (Matrix, Vec<f32>) {
-        let host = rng.vec(rows * cols, 0.5);
-        let bytes = r::encode_weights(f, &host);
-        let seen = r::decode_weights(f, &bytes);
-        let hm = HostMatrix {
-            name: "w".into(),
-            format: f,
-            rows,
-            cols,
-            data: Cow::Owned(bytes),
-        };
-        (Matrix::upload_chunked(&self.gpu, &hm, chunk).unwrap(), seen)
-    }
-}
-
-/// |gpu - ref| <= 1e-5 * sum_k |w_k x_k| + 1e-6 for every output of a dot-product kernel.
-fn check_linear(name: &str, got: &[f32], want: &[f32], w: &[f32], cols: usize, x: &[f32]) {
-    let rows = w.len() / cols;
-    for (i, (g, e)) in got.iter().zip(want).enumerate() {
-        let (t, n) = (i / rows, i % rows);
-        let l1: f32 = (0..cols)
-            .map(|k| (w[n * cols + k] * x[t * cols + k]).abs())
-            .sum();
-        let tol = 1e-5 * l1 + 1e-6;
-        assert!(
-            (g - e).abs() <= tol,
-            "{name}: output {i}: gpu {g} vs reference {e} (tolerance {tol})"
-        );
-    }
-}
+use glint::weights::{gpu_row_bytes, FLOATS};
 
 #[test]
 fn embed_all_formats_and_split_table() {
@@ -110,47 +69,6 @@ fn rmsnorm_rows() {
             "rmsnorm: {a} vs {b}"
         );
     }
-}
-
-/// matvec (decode) and matmul (prefill) for every float format, at Qwen2-0.5B's shapes, with bias and
-/// with the fused residual accumulate, and with the matrix split across bindings.
-fn linear_case(
-    c: &Ctx,
-    f: QuantType,
-    rows: usize,
-    cols: usize,
-    n_tokens: usize,
-    kind: LinearKind,
-    split: bool,
-) {
-    let mut rng = Rng::new((rows * 31 + cols) as u64);
-    let chunk = if split {
-        (rows / 3 + 1) as u64 * gpu_row_bytes(f, cols) as u64
-    } else {
-        u64::MAX
-    };
-    let (m, w) = c.matrix(&mut rng, f, rows, cols, chunk);
-    let x = rng.vec(n_tokens * cols, 1.0);
-    let bias = rng.vec(rows, 1.0);
-    let y0 = rng.vec(n_tokens * rows, 1.0);
-    let lin = Linear {
-        w: m,
-        b: Some(c.buf(&bias)),
-    };
-    let (xb, yb) = (c.buf(&x), c.buf(&y0));
-    let mut g = c.graph();
-    g.linear(&lin, &xb, &yb, true, kind);
-    run(&c.gpu, &g.finish(), &c.step, n_tokens as u32, 0);
-    let got = c.read(&yb, n_tokens * rows);
-    let want = r::linear(&w, cols, &x, Some(&bias), Some(&y0));
-    check_linear(
-        &format!("{kind:?} {} {rows}x{cols} n={n_tokens}", f.name()),
-        &got,
-        &want,
-        &w,
-        cols,
-        &x,
-    );
 }
 
 #[test]

@@ -1,7 +1,12 @@
 //! A GPU context for driving single kernels through `Graph`, as the model does.
 
-use glint::graph::Graph;
+use super::{run, Rng};
+use glint::graph::{Graph, Linear, LinearKind};
 use glint::kernels::{Kernels, Shapes};
+use glint::quant::QuantType;
+use glint::reference as r;
+use glint::weights::{gpu_row_bytes, HostMatrix, Matrix};
+use std::borrow::Cow;
 
 pub struct Ctx {
     pub gpu: glint::gpu::Gpu,
@@ -41,4 +46,108 @@ impl Ctx {
     pub fn graph(&self) -> Graph<'_> {
         Graph::new(&self.gpu, &self.k, &self.step, &self.dummy)
     }
+}
+
+impl Ctx {
+    pub fn upload(
+        &self,
+        f: QuantType,
+        rows: usize,
+        cols: usize,
+        bytes: Vec<u8>,
+        chunk: u64,
+    ) -> Matrix {
+        let hm = HostMatrix {
+            name: "w".into(),
+            format: f,
+            rows,
+            cols,
+            data: Cow::Owned(bytes),
+        };
+        Matrix::upload_chunked(&self.gpu, &hm, chunk).unwrap()
+    }
+    /// A random matrix quantized to `f` and repacked, uploaded in chunks of at most `chunk` bytes; with
+    /// the f32 values the GPU layout decodes to.
+    pub fn matrix(
+        &self,
+        rng: &mut Rng,
+        f: QuantType,
+        rows: usize,
+        cols: usize,
+        chunk: u64,
+    ) -> (Matrix, Vec<f32>) {
+        let host = rng.vec(rows * cols, 0.5);
+        let words = glint::quant::repack_for_gpu(f, &glint::quant::quantize(f, &host));
+        let bytes: Vec<u8> = bytemuck::cast_slice(&words).to_vec();
+        let seen = r::decode_weights(f, &bytes);
+        (self.upload(f, rows, cols, bytes, chunk), seen)
+    }
+}
+
+/// |gpu - ref| <= 1e-5 * sum_k |w_k x_k| + 1e-6 for output (token t, row n).
+pub fn check_output(
+    name: &str,
+    t: usize,
+    n: usize,
+    got: f32,
+    want: f32,
+    w_row: &[f32],
+    x_row: &[f32],
+) {
+    let l1: f32 = w_row.iter().zip(x_row).map(|(a, b)| (a * b).abs()).sum();
+    let tol = 1e-5 * l1 + 1e-6;
+    assert!(
+        (got - want).abs() <= tol,
+        "{name}: token {t} row {n}: gpu {got} vs reference {want} (tolerance {tol})"
+    );
+}
+
+pub fn check_linear(name: &str, got: &[f32], want: &[f32], w: &[f32], cols: usize, x: &[f32]) {
+    let rows = w.len() / cols;
+    for (i, (g, e)) in got.iter().zip(want).enumerate() {
+        let (t, n) = (i / rows, i % rows);
+        let (wr, xr) = (&w[n * cols..(n + 1) * cols], &x[t * cols..(t + 1) * cols]);
+        check_output(name, t, n, *g, *e, wr, xr);
+    }
+}
+
+/// y = y0 + bias + W x through `Graph::linear` (the fused bias and residual accumulate), against the
+/// reference.
+pub fn linear_case(
+    c: &Ctx,
+    f: QuantType,
+    rows: usize,
+    cols: usize,
+    n_tokens: usize,
+    kind: LinearKind,
+    split: bool,
+) {
+    let mut rng = Rng::new((rows * 31 + cols * 7 + n_tokens) as u64 ^ f.ggml_id() as u64);
+    let chunk = if split {
+        (rows / 3 + 1) as u64 * gpu_row_bytes(f, cols) as u64
+    } else {
+        u64::MAX
+    };
+    let (m, w) = c.matrix(&mut rng, f, rows, cols, chunk);
+    if split {
+        assert_eq!(m.chunks.len(), 3);
+    }
+    let x = rng.vec(n_tokens * cols, 1.0);
+    let bias = rng.vec(rows, 1.0);
+    let y0 = rng.vec(n_tokens * rows, 1.0);
+    let lin = Linear {
+        w: m,
+        b: Some(c.buf(&bias)),
+    };
+    let (xb, yb) = (c.buf(&x), c.buf(&y0));
+    let mut g = c.graph();
+    g.linear(&lin, &xb, &yb, true, kind);
+    run(&c.gpu, &g.finish(), &c.step, n_tokens as u32, 0);
+    let got = c.read(&yb, n_tokens * rows);
+    let want = r::linear(&w, cols, &x, Some(&bias), Some(&y0));
+    let name = format!(
+        "{kind:?} {} {rows}x{cols} n={n_tokens} split={split}",
+        f.name()
+    );
+    check_linear(&name, &got, &want, &w, cols, &x);
 }
