@@ -82,10 +82,10 @@ fn matvec_all_formats_real_shapes() {
     }
 }
 
-/// Prefill through the tiled matmul (the shape real GPUs use).
-#[test]
-fn matmul_tiled_all_formats_real_shapes() {
-    let Some(c) = ctx_with(|s| s.prefill_tok = None) else {
+/// Prefill of every float format at the real shapes, with the given prefill shape
+/// (see `Shapes::prefill_tok`), including a matrix split across bindings.
+fn prefill_all_formats(prefill_tok: Option<u32>) {
+    let Some(c) = ctx_with(|s| s.prefill_tok = prefill_tok) else {
         return;
     };
     for f in FLOATS {
@@ -96,19 +96,17 @@ fn matmul_tiled_all_formats_real_shapes() {
     }
 }
 
+/// Prefill through the tiled matmul (the shape real GPUs use).
+#[test]
+fn matmul_tiled_all_formats_real_shapes() {
+    prefill_all_formats(None);
+}
+
 /// Prefill through matvec over blocks of 8 tokens (the shape CPU rasterisers use), with a partial
 /// last block.
 #[test]
 fn matmul_token_blocks_all_formats_real_shapes() {
-    let Some(c) = ctx_with(|s| s.prefill_tok = Some(8)) else {
-        return;
-    };
-    for f in FLOATS {
-        linear_case(&c, f, 896, 896, 33, LinearKind::Mat, false);
-        linear_case(&c, f, 4864, 896, 7, LinearKind::Mat, false);
-        linear_case(&c, f, 896, 4864, 40, LinearKind::Mat, false);
-        linear_case(&c, f, 1000, 896, 9, LinearKind::Mat, true);
-    }
+    prefill_all_formats(Some(8));
 }
 
 #[test]

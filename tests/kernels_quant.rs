@@ -85,10 +85,9 @@ fn matvec_quant_workgroup_shapes() {
     }
 }
 
-/// Prefill through matvec over blocks of 8 tokens (CPU devices), with a partial last block.
-#[test]
-fn prefill_token_blocks_all_types() {
-    let Some(c) = ctx_with(|s| s.prefill_tok = Some(8)) else {
+/// Prefill of every type with the given prefill shape (see `Shapes::prefill_tok`).
+fn prefill_all_types(prefill_tok: Option<u32>) {
+    let Some(c) = ctx_with(|s| s.prefill_tok = prefill_tok) else {
         return;
     };
     for f in QUANTS {
@@ -104,23 +103,16 @@ fn prefill_token_blocks_all_types() {
     }
 }
 
+/// Prefill through matvec over blocks of 8 tokens (CPU devices), with a partial last block.
+#[test]
+fn prefill_token_blocks_all_types() {
+    prefill_all_types(Some(8));
+}
+
 /// Prefill through the tiled matmul (real GPUs).
 #[test]
 fn prefill_tiled_all_types() {
-    let Some(c) = ctx_with(|s| s.prefill_tok = None) else {
-        return;
-    };
-    for f in QUANTS {
-        let (rows, cols) = if is_k(f) { (256, 512) } else { (896, 896) };
-        for n in [7, 33] {
-            linear_case(&c, f, rows, cols, n, LinearKind::Mat, false);
-        }
-        if is_k(f) {
-            linear_case(&c, f, 896, 4864, 7, LinearKind::Mat, false);
-        } else {
-            linear_case(&c, f, 1000, 896, 9, LinearKind::Mat, true);
-        }
-    }
+    prefill_all_types(None);
 }
 
 /// The Q8_0 LM head at its real shape, 151936 x 896: 153 MB, more than lavapipe's 128 MiB binding
