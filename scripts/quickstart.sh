@@ -6,5 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 export NODEVICE_SELECT=1
 cargo build --release --quiet
-exec target/release/glint run -m models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf \
+# fetch-model.sh prints where the model is ($GLINT_MODELS or ./models); it is verified, not downloaded again.
+model=$(scripts/fetch-model.sh)
+exec target/release/glint run -m "$model" \
   -p "${1:-Write a Rust function that reverses a string, with a short explanation.}" -n 256

@@ -6,7 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-ls /usr/share/vulkan/icd.d/*.json /etc/vulkan/icd.d/*.json >/dev/null 2>&1 || need+=(mesa-vulkan-drivers libvulkan1)
+# (each folder checked on its own: ls fails when any of its arguments is missing)
+ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1 || ls /etc/vulkan/icd.d/*.json >/dev/null 2>&1 \
+  || need+=(mesa-vulkan-drivers libvulkan1)
 command -v unzip >/dev/null || need+=(unzip)
 # tmux: tests/cli_chat.rs drives `glint chat` in a terminal pane.
 command -v tmux >/dev/null || need+=(tmux)
