@@ -16,20 +16,6 @@
 // Quantized elements are decoded by dq_elem from dequant.wgsl (appended at pipeline creation), with the
 // operations of the CPU reference: the output equals the dequantized row bit for bit.
 
-struct EmbedParams {
-    cols: u32,
-    row_start: u32,
-    rows: u32,
-    _pad: u32,
-}
-
-struct Step {
-    n_tokens: u32,
-    pos0: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
 override WFMT: u32 = 0u;
 
 @group(0) @binding(0) var<uniform> p: EmbedParams;
@@ -40,14 +26,14 @@ override WFMT: u32 = 0u;
 
 fn load(i: u32) -> f32 {
     switch WFMT {
-        case 1u: {
+        case WFMT_F16: {
             return unpack2x16float(w[i / 2u])[i % 2u];
         }
-        case 2u: {
+        case WFMT_BF16: {
             let v = w[i / 2u];
             return bitcast<f32>(select(v << 16u, v & 0xffff0000u, (i % 2u) == 1u));
         }
-        case 0u: {
+        case WFMT_F32: {
             return bitcast<f32>(w[i]);
         }
         default: {
@@ -60,7 +46,7 @@ fn load(i: u32) -> f32 {
 fn embed(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
     let t = gid.y;
-    if t >= step.n_tokens || c >= p.cols {
+    if t >= step.n || c >= p.cols {
         return;
     }
     let id = tokens[t];

@@ -9,31 +9,13 @@
 //                                GPU block layout of engine/src/quant.rs)
 //   3 x     storage  array<f32>  [n_tokens, cols]
 //   4 bias  storage  array<f32>  [row_offset + rows]   (read only when p.flags & 1)
-//   5 y     storage  array<f32>  [n_tokens, y_stride]
+//   5 y     storage  array<f32>  [n_tokens, y_stride]: row n at column y_offset + row_offset + n
 // Workgroup: 16 x 16 = 256 invocations computing a BM x BN = 32 x 32 tile of Y, 2 x 2 outputs each;
 // X and W tiles of BK = 32 along k are staged in workgroup memory (W decoded to f32 on the way in).
 // Grid: (ceil(rows / 32), ceil(n_tokens / 32)). WFMT: 0 = f32, 1 = f16, 2 = bf16, 3..10 = Q8_0, Q4_0, Q4_1,
 // Q5_0, Q5_1, Q4_K, Q5_K, Q6_K (glint::weights::wfmt). Quantized elements are decoded one by one with
 // dq_elem from dequant.wgsl (appended at pipeline creation): simple, and the cost is shared by the 32
 // tokens of the tile.
-
-struct MatParams {
-    rows: u32,
-    cols: u32,
-    row_offset: u32,
-    flags: u32,      // bit 0: add bias, bit 1: accumulate into y
-    y_stride: u32,   // elements between rows of Y (the full output width)
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-struct Step {
-    n_tokens: u32,
-    pos0: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
 
 override WFMT: u32 = 0u;
 
@@ -53,14 +35,14 @@ var<workgroup> ws: array<f32, 1024>;   // [BN][BK]
 
 fn w_at(i: u32) -> f32 {
     switch WFMT {
-        case 1u: {
+        case WFMT_F16: {
             return unpack2x16float(w[i / 2u])[i % 2u];
         }
-        case 2u: {
+        case WFMT_BF16: {
             let v = w[i / 2u];
             return bitcast<f32>(select(v << 16u, v & 0xffff0000u, (i % 2u) == 1u));
         }
-        case 0u: {
+        case WFMT_F32: {
             return bitcast<f32>(w[i]);
         }
         default: {
@@ -73,7 +55,7 @@ fn w_at(i: u32) -> f32 {
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     let n0 = wid.x * BN;
     let m0 = wid.y * BM;
-    let m_count = step.n_tokens;
+    let m_count = step.n;
     let tx = tid % 16u;
     let ty = tid / 16u;
     var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
@@ -111,12 +93,12 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
             let m = m0 + 2u * ty + i;
             let n = n0 + 2u * tx + j;
             if m < m_count && n < p.rows {
-                let o = m * p.y_stride + p.row_offset + n;
+                let o = m * p.y_stride + p.y_offset + p.row_offset + n;
                 var v = acc[2u * i + j];
-                if (p.flags & 1u) != 0u {
+                if (p.flags & LINEAR_BIAS) != 0u {
                     v = v + bias[p.row_offset + n];
                 }
-                if (p.flags & 2u) != 0u {
+                if (p.flags & LINEAR_ACCUMULATE) != 0u {
                     v = v + y[o];
                 }
                 y[o] = v;

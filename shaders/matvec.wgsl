@@ -13,29 +13,11 @@
 //                                     2i in the low half. Rows are read 8 elements at a time (cols % 8 == 0).
 //   3 x     storage  array<vec4<f32>>  [n_tokens, cols]
 //   4 bias  storage  array<f32>        [row_offset + rows]   (read only when p.flags & 1)
-//   5 y     storage  array<f32>        [n_tokens, y_stride]
+//   5 y     storage  array<f32>        [n_tokens, y_stride]: row r at column y_offset + row_offset + r
 // Workgroup: WG invocations = WG / TPR rows x TPR invocations per row; each invocation strides over the
 // row's 8-element groups, then `row_sum` combines the TPR partial sums. Grid: (row groups, laid out 2-D
 // past 65535, ceil(n_tokens / TOK)). WFMT: 0 = f32, 1 = f16, 2 = bf16.
 // Needs `row_sum` from reduce_subgroup.wgsl or reduce_shared.wgsl, appended at pipeline creation.
-
-struct MatParams {
-    rows: u32,
-    cols: u32,
-    row_offset: u32,
-    flags: u32,      // bit 0: add bias, bit 1: accumulate into y
-    y_stride: u32,   // elements between rows (tokens) of y
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-struct Step {
-    n_tokens: u32,
-    pos0: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
 
 override WFMT: u32 = 0u;
 override WG: u32 = 64u;
@@ -58,12 +40,12 @@ struct W8 {
 fn load8(r: u32, g: u32) -> W8 {
     var o: W8;
     switch WFMT {
-        case 1u: {
+        case WFMT_F16: {
             let v = w[r * (p.cols / 8u) + g];
             o.a = vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y));
             o.b = vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w));
         }
-        case 2u: {
+        case WFMT_BF16: {
             let v = w[r * (p.cols / 8u) + g];
             let lo = bitcast<vec4<f32>>(v << vec4<u32>(16u));           // elements 0, 2, 4, 6
             let hi = bitcast<vec4<f32>>(v & vec4<u32>(0xffff0000u));    // elements 1, 3, 5, 7
@@ -88,7 +70,7 @@ fn matvec(
     let r = (wid.x + wid.y * nwg.x) * (WG / TPR) + lid / TPR;
     let lane = lid % TPR;
     let t0 = wid.z * TOK;
-    let n_tok = min(TOK, step.n_tokens - min(t0, step.n_tokens));
+    let n_tok = min(TOK, step.n - min(t0, step.n));
     let xrow = p.cols / 4u;     // vec4s per token row of x
     var acc = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
     if r < p.rows {
@@ -103,12 +85,12 @@ fn matvec(
     for (var t = 0u; t < TOK; t = t + 1u) {
         let s = row_sum(acc[t], lid);
         if r < p.rows && lane == 0u && t < n_tok {
-            let o = (t0 + t) * p.y_stride + p.row_offset + r;
+            let o = (t0 + t) * p.y_stride + p.y_offset + p.row_offset + r;
             var v = s;
-            if (p.flags & 1u) != 0u {
+            if (p.flags & LINEAR_BIAS) != 0u {
                 v = v + bias[p.row_offset + r];
             }
-            if (p.flags & 2u) != 0u {
+            if (p.flags & LINEAR_ACCUMULATE) != 0u {
                 v = v + y[o];
             }
             y[o] = v;

@@ -11,7 +11,7 @@
 //                                     (engine/src/quant.rs); cols % 32 == 0, and % 256 for the K-quants
 //   3 x     storage  array<vec4<f32>>  [n_tokens, cols]
 //   4 bias  storage  array<f32>        [row_offset + rows]   (read only when p.flags & 1)
-//   5 y     storage  array<f32>        [n_tokens, y_stride]
+//   5 y     storage  array<f32>        [n_tokens, y_stride]: row r at column y_offset + row_offset + r
 // Workgroup: WG / RPI invocations: (WG / TPR) / RPI row slots x TPR invocations (lanes) per slot, each
 // lane working on RPI consecutive rows, so a workgroup covers WG / TPR rows as in matvec.wgsl. A lane takes
 // whole units of its rows, striding by TPR; per unit it decodes each row's scales once, then per quant word
@@ -30,24 +30,6 @@
 // WFMT: 3 Q8_0, 4 Q4_0, 5 Q4_1, 6 Q5_0, 7 Q5_1, 8 Q4_K, 9 Q5_K, 10 Q6_K (glint::weights::wfmt).
 // Needs dequant.wgsl, then `row_sum` from reduce_subgroup.wgsl or reduce_shared.wgsl, appended at
 // pipeline creation.
-
-struct MatParams {
-    rows: u32,
-    cols: u32,
-    row_offset: u32,
-    flags: u32,      // bit 0: add bias, bit 1: accumulate into y
-    y_stride: u32,   // elements between rows (tokens) of y
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-struct Step {
-    n_tokens: u32,
-    pos0: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
 
 override WFMT: u32 = 3u;
 override WG: u32 = 64u;
@@ -81,17 +63,17 @@ struct W8 {
 // super-block. It is read as nk() words (pairs of words for Q8_0), word k giving the weights of the
 // elements at x's vec4s xi + k (lo) and xi + ho() + k (hi).
 fn unit_elems() -> u32 {
-    return select(32u, 64u, WFMT >= 8u);
+    return select(32u, 64u, WFMT >= WFMT_Q4_K);
 }
 
 fn nk() -> u32 {
-    return select(4u, 8u, WFMT >= 8u);
+    return select(4u, 8u, WFMT >= WFMT_Q4_K);
 }
 
 fn ho() -> u32 {
     switch WFMT {
-        case 8u, 9u: { return 8u; }
-        case 10u: { return 16u; }
+        case WFMT_Q4_K, WFMT_Q5_K: { return 8u; }
+        case WFMT_Q6_K: { return 16u; }
         default: { return 4u; }
     }
 }
@@ -99,7 +81,7 @@ fn ho() -> u32 {
 // The first word of the block holding unit u (the super-block, for the K-quants: the unit is its quarter
 // u % 4) in the row that starts at word rw.
 fn unit_word(rw: u32, u: u32) -> u32 {
-    if WFMT >= 8u {
+    if WFMT >= WFMT_Q4_K {
         return rw + (u / 4u) * dq_block_words();
     }
     return rw + u * dq_block_words();
@@ -107,7 +89,7 @@ fn unit_word(rw: u32, u: u32) -> u32 {
 
 // vec4 index of x of the unit's first lo element.
 fn unit_x(u: u32) -> u32 {
-    if WFMT == 10u {
+    if WFMT == WFMT_Q6_K {
         // Q6_K quarter q = 2h + a: quarters a and a + 2 of half h.
         let q = u % 4u;
         return (u / 4u) * 64u + 32u * (q / 2u) + 8u * (q % 2u);
@@ -121,10 +103,10 @@ fn unit_x(u: u32) -> u32 {
 //   Q6_K (no offset; a scale per 16 elements): lo and hi scales of words 0..4, then of words 4..8.
 fn unit_affine(bw: u32, q: u32) -> vec4<f32> {
     switch WFMT {
-        case 8u, 9u: {
+        case WFMT_Q4_K, WFMT_Q5_K: {
             return vec4<f32>(dq_affine_k4(bw, 2u * q), dq_affine_k4(bw, 2u * q + 1u));
         }
-        case 10u: {
+        case WFMT_Q6_K: {
             let h = q / 2u;
             let a = q % 2u;
             let d = dq_lo16(w[bw + 52u]);
@@ -145,18 +127,18 @@ fn unit_affine(bw: u32, q: u32) -> vec4<f32> {
 // Word k of the unit at bw (quarter q of a super-block for the K-quants), as weights.
 fn unit_weights(bw: u32, q: u32, k: u32, a: vec4<f32>) -> W8 {
     switch WFMT {
-        case 3u: {
+        case WFMT_Q8_0: {
             return W8(dq_i8x4(w[bw + 1u + k]) * a.x, dq_i8x4(w[bw + 5u + k]) * a.x);
         }
-        case 4u: {
+        case WFMT_Q4_0: {
             let b = dq_q4_bytes(w[bw + 1u + k]);
             return W8(dq_centered(b.x, 4u) * a.x, dq_centered(b.y, 4u) * a.x);
         }
-        case 6u: {
+        case WFMT_Q5_0: {
             let b = dq_q5_bytes(w[bw + 2u + k], w[bw + 1u], k);
             return W8(dq_centered(b.x, 5u) * a.x, dq_centered(b.y, 5u) * a.x);
         }
-        case 10u: {
+        case WFMT_Q6_K: {
             let h = q / 2u;
             let sa = q % 2u;
             let b = dq_q6k_bytes(w[bw + 16u * h + 8u * sa + k], w[bw + 32u + 8u * h + k], sa);
@@ -167,9 +149,9 @@ fn unit_weights(bw: u32, q: u32, k: u32, a: vec4<f32>) -> W8 {
             // Q4_1, Q5_1, Q4_K, Q5_K: unsigned levels and a min.
             var b: vec2<u32>;
             switch WFMT {
-                case 5u: { b = dq_q4_bytes(w[bw + 1u + k]); }
-                case 7u: { b = dq_q5_bytes(w[bw + 2u + k], w[bw + 1u], k); }
-                case 8u: { b = dq_q4_bytes(w[bw + 4u + 8u * q + k]); }
+                case WFMT_Q4_1: { b = dq_q4_bytes(w[bw + 1u + k]); }
+                case WFMT_Q5_1: { b = dq_q5_bytes(w[bw + 2u + k], w[bw + 1u], k); }
+                case WFMT_Q4_K: { b = dq_q4_bytes(w[bw + 4u + 8u * q + k]); }
                 default: { b = dq_q5k_bytes(w[bw + 12u + 8u * q + k], w[bw + 4u + k], q); }
             }
             return W8(fma(dq_ubytes(b.x), vec4<f32>(a.x), vec4<f32>(a.y)), fma(dq_ubytes(b.y), vec4<f32>(a.z), vec4<f32>(a.w)));
@@ -187,7 +169,7 @@ fn matvec_quant(
     let r0 = (wid.x + wid.y * nwg.x) * (WG / TPR) + (lid / TPR) * RPI;
     let lane = lid % TPR;
     let t0 = wid.z * TOK;
-    let n_tok = min(TOK, step.n_tokens - min(t0, step.n_tokens));
+    let n_tok = min(TOK, step.n - min(t0, step.n));
     let xrow = p.cols / 4u;
     let tok_last = max(n_tok, 1u) - 1u;
     for (var i = 0u; i < 32u; i = i + 1u) {
@@ -223,12 +205,12 @@ fn matvec_quant(
         for (var t = 0u; t < TOK; t = t + 1u) {
             let s = row_sum(acc[rr * TOK + t], lid);
             if r < p.rows && lane == 0u && t < n_tok {
-                let o = (t0 + t) * p.y_stride + p.row_offset + r;
+                let o = (t0 + t) * p.y_stride + p.y_offset + p.row_offset + r;
                 var v = s;
-                if (p.flags & 1u) != 0u {
+                if (p.flags & LINEAR_BIAS) != 0u {
                     v = v + bias[p.row_offset + r];
                 }
-                if (p.flags & 2u) != 0u {
+                if (p.flags & LINEAR_ACCUMULATE) != 0u {
                     v = v + y[o];
                 }
                 y[o] = v;

@@ -12,6 +12,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{DeviceCaps, Gpu};
+use crate::uniforms;
 use crate::weights::{wfmt, QuantType, FLOATS};
 use std::collections::HashMap;
 
@@ -36,12 +37,27 @@ pub enum Reduce {
     Shared,
 }
 
-/// A kernel module's full source: the kernel file, plus the reduction helper for the two that need one.
+/// What every module starts with: the structs the host shares with the kernels, the weight-format codes
+/// and the flag constants, generated from engine/src/uniforms.rs (the one place they are defined).
+pub fn prelude() -> String {
+    format!(
+        "// ---- prelude: generated from engine/src/uniforms.rs (kernels::prelude) ----\n{}{}\n{}{}\
+         // ---- end of prelude ----\n\n",
+        uniforms::wgsl_format_consts(),
+        uniforms::wgsl_flag_consts(),
+        uniforms::wgsl_meta(),
+        uniforms::wgsl_decls(),
+    )
+}
+
+/// A kernel module's full source: the prelude, the kernel file, plus the reduction helper for the two
+/// that need one.
 pub fn compose(kernel: &str, reduce: Option<Reduce>) -> String {
+    let pre = prelude();
     match reduce {
-        None => kernel.to_string(),
-        Some(Reduce::Subgroup) => format!("{kernel}\n{REDUCE_SUBGROUP}"),
-        Some(Reduce::Shared) => format!("{kernel}\n{REDUCE_SHARED}"),
+        None => format!("{pre}{kernel}"),
+        Some(Reduce::Subgroup) => format!("{pre}{kernel}\n{REDUCE_SUBGROUP}"),
+        Some(Reduce::Shared) => format!("{pre}{kernel}\n{REDUCE_SHARED}"),
     }
 }
 
@@ -101,9 +117,13 @@ pub struct Shapes {
     pub matvec_wg: u32,
     /// attention workgroup size (keys per tile).
     pub attn_wg: u32,
-    /// Prefill linear layers: `Some(n)` runs matvec over blocks of n tokens (no barriers: best where
-    /// barriers are costly, e.g. CPU rasterisers); `None` runs the tiled matmul.
-    pub prefill_tok: Option<u32>,
+    /// Tokens per workgroup of the matvec over blocks of tokens (at most 8): what a call of a few
+    /// tokens runs (batched decode of several sequences, short prompts), and every prefill on devices
+    /// where barriers are costly (CPU rasterisers), since each weight load then serves that many tokens.
+    pub block_tokens: u32,
+    /// From how many tokens a linear layer runs the tiled matmul instead (`None`: never, on
+    /// barrier-averse devices).
+    pub tiled_from: Option<u32>,
     /// Rows per invocation of the quantized matvec (1, 2 or 4; must divide matvec_wg / tpr): each x
     /// load then serves that many rows, and the workgroup has matvec_wg / quant_rows invocations (the
     /// rows per workgroup, matvec_wg / tpr, are unchanged). 4 on CPU devices, where every per-lane load
@@ -113,7 +133,8 @@ pub struct Shapes {
 
 impl Shapes {
     pub fn for_device(caps: &DeviceCaps) -> Self {
-        let prefill_tok = caps.cpu_device.then_some(8);
+        // GPUs: the tiled matmul once a call has more tokens than one block of the matvec serves.
+        let tiled_from = (!caps.cpu_device).then_some(9);
         let quant_rows = if caps.cpu_device { 4 } else { 2 };
         match caps.subgroup_size {
             Some(sg) if sg <= 64 => Shapes {
@@ -122,7 +143,8 @@ impl Shapes {
                 // Several rows per workgroup; at least 64 invocations.
                 matvec_wg: (sg * 8).clamp(64, 256),
                 attn_wg: 64,
-                prefill_tok,
+                block_tokens: 8,
+                tiled_from,
                 quant_rows,
             },
             _ => Shapes {
@@ -130,7 +152,8 @@ impl Shapes {
                 tpr: 32,
                 matvec_wg: 128,
                 attn_wg: 64,
-                prefill_tok,
+                block_tokens: 8,
+                tiled_from,
                 quant_rows,
             },
         }
@@ -144,12 +167,16 @@ pub struct Kernels {
     pub embed: HashMap<QuantType, wgpu::ComputePipeline>,
     /// matvec with TOK = 1 (decode).
     pub matvec: HashMap<QuantType, wgpu::ComputePipeline>,
-    /// matvec with TOK = shapes.prefill_tok (prefill on barrier-averse devices).
+    /// matvec with TOK = shapes.block_tokens (a few tokens; every prefill on barrier-averse devices).
     pub matvec_tok: HashMap<QuantType, wgpu::ComputePipeline>,
+    /// The tiled matmul (empty when `shapes.tiled_from` is None).
     pub matmul: HashMap<QuantType, wgpu::ComputePipeline>,
     pub rmsnorm: wgpu::ComputePipeline,
-    pub rope_q: wgpu::ComputePipeline,
-    pub store_kv: wgpu::ComputePipeline,
+    /// rmsnorm of the call's output rows (the final norm), packed by output.
+    pub rmsnorm_gather: wgpu::ComputePipeline,
+    /// RoPE of q and k with the KV-cache write; `rope_store_qk_norm` first normalises each head.
+    pub rope_store: wgpu::ComputePipeline,
+    pub rope_store_qk_norm: wgpu::ComputePipeline,
     pub attention: wgpu::ComputePipeline,
     pub silu_mul: wgpu::ComputePipeline,
     pub argmax: wgpu::ComputePipeline,
@@ -205,6 +232,12 @@ fn per_format(
 impl Kernels {
     pub fn new(gpu: &Gpu, shapes: Shapes) -> Result<Self> {
         let rows_per_wg = shapes.matvec_wg / shapes.tpr;
+        if !(1..=8).contains(&shapes.block_tokens) {
+            return Err(Error::Gpu(format!(
+                "block_tokens {} must be 1..=8",
+                shapes.block_tokens
+            )));
+        }
         if ![1, 2, 4].contains(&shapes.quant_rows) || !rows_per_wg.is_multiple_of(shapes.quant_rows)
         {
             return Err(Error::Gpu(format!(
@@ -219,10 +252,10 @@ impl Kernels {
         let matvec_q_m = module(gpu, "matvec_quant", &compose_dequant(MATVEC_QUANT, reduce));
         let matmul_m = module(gpu, "matmul", &compose_dequant(MATMUL, None));
         let norm_m = module(gpu, "rmsnorm", &compose(RMSNORM, reduce));
-        let rope_m = module(gpu, "rope", ROPE);
-        let attn_m = module(gpu, "attention", ATTENTION);
-        let ew_m = module(gpu, "elementwise", ELEMENTWISE);
-        let argmax_m = module(gpu, "argmax", ARGMAX);
+        let rope_m = module(gpu, "rope", &compose(ROPE, None));
+        let attn_m = module(gpu, "attention", &compose(ATTENTION, None));
+        let ew_m = module(gpu, "elementwise", &compose(ELEMENTWISE, None));
+        let argmax_m = module(gpu, "argmax", &compose(ARGMAX, None));
         let tpr = shapes.tpr as f64;
         let norm_tpr = match shapes.reduce {
             Reduce::Subgroup => tpr,
@@ -232,7 +265,7 @@ impl Kernels {
         let mv_tok = [
             ("WG", shapes.matvec_wg as f64),
             ("TPR", tpr),
-            ("TOK", shapes.prefill_tok.unwrap_or(1) as f64),
+            ("TOK", shapes.block_tokens as f64),
         ];
         let quants = quant_formats();
         // Float formats from matvec.wgsl, quantized ones from matvec_quant.wgsl, in one map.
@@ -246,14 +279,15 @@ impl Kernels {
         let k = Kernels {
             embed: per_format(gpu, &embed_m, "embed", &QuantType::ALL, &[]),
             matvec: matvecs(&mv),
-            matvec_tok: match shapes.prefill_tok {
-                Some(_) => matvecs(&mv_tok),
+            matvec_tok: matvecs(&mv_tok),
+            matmul: match shapes.tiled_from {
+                Some(_) => per_format(gpu, &matmul_m, "matmul", &QuantType::ALL, &[]),
                 None => HashMap::new(),
             },
-            matmul: per_format(gpu, &matmul_m, "matmul", &QuantType::ALL, &[]),
             rmsnorm: pipeline(gpu, &norm_m, "rmsnorm", &[("TPR", norm_tpr)]),
-            rope_q: pipeline(gpu, &rope_m, "rope_q", &[]),
-            store_kv: pipeline(gpu, &rope_m, "store_kv", &[]),
+            rmsnorm_gather: pipeline(gpu, &norm_m, "rmsnorm_gather", &[("TPR", norm_tpr)]),
+            rope_store: pipeline(gpu, &rope_m, "rope_store", &[("QK_NORM", 0.0)]),
+            rope_store_qk_norm: pipeline(gpu, &rope_m, "rope_store", &[("QK_NORM", 1.0)]),
             attention: pipeline(gpu, &attn_m, "attention", &[("WG", shapes.attn_wg as f64)]),
             silu_mul: pipeline(gpu, &ew_m, "silu_mul", &[]),
             argmax: pipeline(gpu, &argmax_m, "argmax", &[]),
@@ -270,7 +304,8 @@ impl Kernels {
     /// Whether every kernel a weight matrix needs exists for `format`.
     pub fn supports(&self, format: QuantType) -> bool {
         self.matvec.contains_key(&format)
-            && self.matmul.contains_key(&format)
+            && self.matvec_tok.contains_key(&format)
+            && (self.shapes.tiled_from.is_none() || self.matmul.contains_key(&format))
             && self.embed.contains_key(&format)
     }
 }

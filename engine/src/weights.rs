@@ -7,13 +7,7 @@ use crate::gpu::Gpu;
 
 pub use crate::quant::QuantType;
 
-/// The shaders' `WFMT` constant for a storage format (the order of `QuantType::ALL`).
-pub fn wfmt(t: QuantType) -> usize {
-    QuantType::ALL
-        .iter()
-        .position(|&x| x == t)
-        .expect("ALL lists every type")
-}
+pub use crate::uniforms::wfmt;
 
 /// The float formats (matvec.wgsl / matmul.wgsl); the others are block quantizations.
 pub const FLOATS: [QuantType; 3] = [QuantType::F32, QuantType::F16, QuantType::BF16];

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use glint::gpu::{Gpu, GpuOptions};
-use glint::graph::{Plan, StepUniform};
+use glint::graph::{Plan, StepBuffers};
 use std::path::PathBuf;
 
 pub mod kernel_ctx;
@@ -60,19 +60,19 @@ impl Rng {
     }
 }
 
-/// Write the step uniform, run a plan over `n_tokens` tokens, wait for it.
-pub fn run(gpu: &Gpu, plan: &Plan, step: &wgpu::Buffer, n_tokens: u32, pos0: u32) {
-    gpu.queue.write_buffer(
-        step,
-        0,
-        bytemuck::bytes_of(&StepUniform {
-            n_tokens,
-            pos0,
-            _pad: [0; 2],
-        }),
-    );
+/// Run a plan over `n_tokens` tokens of one sequence (slot 0, positions pos0 ..), every token row an
+/// output, and wait for it.
+pub fn run(gpu: &Gpu, plan: &Plan, steps: &StepBuffers, n_tokens: u32, pos0: u32) {
+    let meta: Vec<[u32; 2]> = (0..n_tokens).map(|t| [0, pos0 + t]).collect();
+    let out_rows: Vec<u32> = (0..n_tokens.min(steps.max_out as u32)).collect();
+    run_meta(gpu, plan, steps, &meta, &out_rows);
+}
+
+/// Run a plan over tokens with the given (slot, position) each and output rows, and wait for it.
+pub fn run_meta(gpu: &Gpu, plan: &Plan, steps: &StepBuffers, meta: &[[u32; 2]], out_rows: &[u32]) {
+    steps.write(&gpu.queue, meta, out_rows).unwrap();
     let mut enc = gpu.device.create_command_encoder(&Default::default());
-    plan.record(&mut enc, n_tokens);
+    plan.record(&mut enc, meta.len() as u32, out_rows.len() as u32);
     gpu.queue.submit([enc.finish()]);
     gpu.device
         .poll(wgpu::PollType::wait_indefinitely())
