@@ -8,5 +8,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --hf
 export NODEVICE_SELECT=1
 cargo test --release --workspace
+# The tiny models of every family again on a second wgpu backend: OpenGL (Mesa's llvmpipe without a
+# GPU), so GL is run, not only translated by naga (tests/common asserts the adapter's backend).
+WGPU_BACKEND=gl cargo test --release --test tiny_models
 # Each kernel benchmark once (validation included), so a broken benchmark cannot land unseen.
 cargo bench --bench kernels -- --quick

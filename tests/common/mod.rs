@@ -9,9 +9,21 @@ pub mod kernel_ctx;
 
 /// The GPU adapter for tests. Locally a missing adapter skips the test with a message on stderr; in CI
 /// (CI=true) it fails the test: GPU tests never skip silently.
+/// With WGPU_BACKEND set (scripts/test.sh runs the tiny-model tests again with WGPU_BACKEND=gl), the
+/// adapter must be on that backend, so a second backend is really exercised.
 pub fn gpu() -> Option<Gpu> {
     match Gpu::new(&GpuOptions::default()) {
-        Ok(g) => Some(g),
+        Ok(g) => {
+            if let Ok(want) = std::env::var("WGPU_BACKEND") {
+                let got = format!("{:?}", g.info.backend).to_ascii_lowercase();
+                let want = want.to_ascii_lowercase();
+                assert!(
+                    want.split(',').any(|w| got.starts_with(w.trim())),
+                    "WGPU_BACKEND={want} but the adapter is on {got}"
+                );
+            }
+            Some(g)
+        }
         Err(e) => {
             let ci = std::env::var("CI")
                 .map(|v| v == "true" || v == "1")
