@@ -159,9 +159,9 @@ impl ModelConfig {
         }
     }
 
-    /// KV cache bytes per token (f32 K and V, all layers).
-    pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.n_layers * self.n_kv_heads * self.head_dim * 4
+    /// KV cache bytes per token (K and V, all layers).
+    pub fn kv_bytes_per_token(&self, kv: crate::kernels::KvType) -> usize {
+        2 * self.n_layers * self.n_kv_heads * self.head_dim * kv.bytes()
     }
 }
 

@@ -3,6 +3,7 @@
 
 use glint::gpu::{Gpu, GpuOptions};
 use glint::graph::{Plan, StepBuffers};
+use glint::kernels::KvType;
 use std::path::PathBuf;
 
 pub mod kernel_ctx;
@@ -82,14 +83,29 @@ pub fn run(gpu: &Gpu, plan: &Plan, steps: &StepBuffers, n_tokens: u32, pos0: u32
 
 /// Run a plan over tokens with the given (slot, position) each and output rows, and wait for it.
 pub fn run_meta(gpu: &Gpu, plan: &Plan, steps: &StepBuffers, meta: &[[u32; 2]], out_rows: &[u32]) {
-    steps.write(&gpu.queue, meta, out_rows).unwrap();
+    run_split(gpu, plan, steps, meta, out_rows, 1);
+}
+
+/// `run_meta` with the split-K attention's key ranges per (token, head).
+pub fn run_split(
+    gpu: &Gpu,
+    plan: &Plan,
+    steps: &StepBuffers,
+    meta: &[[u32; 2]],
+    out_rows: &[u32],
+    kv_splits: u32,
+) {
+    let call = steps.write(&gpu.queue, meta, out_rows, kv_splits).unwrap();
     let mut enc = gpu.device.create_command_encoder(&Default::default());
-    plan.record(&mut enc, meta.len() as u32, out_rows.len() as u32);
+    plan.record(&mut enc, call);
     gpu.queue.submit([enc.finish()]);
     gpu.device
         .poll(wgpu::PollType::wait_indefinitely())
         .unwrap();
 }
+
+/// Both KV cache element types, for kernel tests.
+pub const KV_TYPES: [KvType; 2] = [KvType::F32, KvType::F16];
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
