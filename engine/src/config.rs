@@ -172,9 +172,13 @@ pub struct GenerationConfig {
 
 impl GenerationConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let v = read_json(path)?;
+        Ok(Self::from_json(&read_json(path)?))
+    }
+
+    /// The fields of a parsed generation_config.json; absent or mistyped fields are `None`.
+    pub fn from_json(v: &Value) -> Self {
         let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).map(|x| x as f32);
-        Ok(GenerationConfig {
+        GenerationConfig {
             eos: id_list(v.get("eos_token_id")),
             do_sample: v.get("do_sample").and_then(|x| x.as_bool()),
             temperature: f("temperature"),
@@ -182,6 +186,6 @@ impl GenerationConfig {
             top_p: f("top_p"),
             min_p: f("min_p"),
             repetition_penalty: f("repetition_penalty"),
-        })
+        }
     }
 }
