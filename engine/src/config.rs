@@ -136,7 +136,35 @@ impl ModelConfig {
         Ok(cfg)
     }
 
+    /// Checks that the model can be built from these values: every size positive, the head counts
+    /// compatible, the norm epsilon and RoPE base usable numbers (a negative epsilon or a NaN base
+    /// would give NaN logits, not an error), and the sizes derived from them representable.
     pub fn validate(&self) -> std::result::Result<(), String> {
+        for (field, v) in [
+            ("hidden_size", self.hidden),
+            ("intermediate_size", self.intermediate),
+            ("num_hidden_layers", self.n_layers),
+            ("num_attention_heads", self.n_heads),
+            ("num_key_value_heads", self.n_kv_heads),
+            ("head_dim", self.head_dim),
+            ("vocab_size", self.vocab),
+        ] {
+            if v == 0 {
+                return Err(format!("{field} is 0, expected a positive integer"));
+            }
+        }
+        if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
+            return Err(format!(
+                "rms_norm_eps {} must be a finite value >= 0",
+                self.rms_eps
+            ));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return Err(format!(
+                "rope_theta {} must be a finite value > 0",
+                self.rope_theta
+            ));
+        }
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
@@ -149,10 +177,38 @@ impl ModelConfig {
                 self.head_dim
             ));
         }
+        // Byte sizes of the largest buffers (f32): the embedding, an MLP matrix, a Q projection and
+        // the KV cache of one token.
+        let sizes: [(&str, &[usize]); 4] = [
+            ("vocab_size x hidden_size", &[self.vocab, self.hidden, 4]),
+            (
+                "intermediate_size x hidden_size",
+                &[self.intermediate, self.hidden, 4],
+            ),
+            (
+                "num_attention_heads x head_dim",
+                &[self.n_heads, self.head_dim, 4],
+            ),
+            (
+                "num_hidden_layers x num_key_value_heads x head_dim",
+                &[self.n_layers, self.n_kv_heads, self.head_dim, 8],
+            ),
+        ];
+        for (what, factors) in sizes {
+            if factors
+                .iter()
+                .try_fold(1usize, |a, &b| a.checked_mul(b))
+                .is_none()
+            {
+                let values = &factors[..factors.len() - 1];
+                return Err(format!("{what} = {values:?} overflows: not a real model"));
+            }
+        }
         Ok(())
     }
 
-    /// KV cache bytes per token (f32 K and V, all layers).
+    /// KV cache bytes per token (f32 K and V, all layers). Cannot overflow for a config that
+    /// [`validate`](Self::validate) accepted.
     pub fn kv_bytes_per_token(&self) -> usize {
         2 * self.n_layers * self.n_kv_heads * self.head_dim * 4
     }
