@@ -232,7 +232,9 @@ fn draw<DB: DrawingBackend>(
                 .map_err(e)?
                 .label(format!("{name}peak {peak:.2} GFLOP/s (FMA probe)"))
                 .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 8, y)], colour.stroke_width(2))
+                    let dash =
+                        |a: i32| PathElement::new(vec![(a, 0), (a + 7, 0)], colour.stroke_width(2));
+                    EmptyElement::at((x, y)) + dash(0) + dash(10) + dash(20)
                 });
         }
         chart
@@ -252,7 +254,7 @@ fn draw<DB: DrawingBackend>(
         .label_font((FONT, 14))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.4))
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::UpperRight)
         .draw()
         .map_err(e)?;
     Ok(())
