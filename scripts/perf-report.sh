@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs glint's benchmarks and writes docs/PERFORMANCE.md: the machine and its load, `glint bench` on the
-# GGUF and the bf16 model, the kernel lab (cargo bench --bench kernels), and a comparison with llama.cpp's
+# GGUF and the bf16 model, the kernel lab (`glint lab`) with its roofline chart (docs/lab-lavapipe.svg,
+# or LAB_SVG) and a `glint lab --compare` of the Vulkan and GL backends, and a comparison with llama.cpp's
 # llama-bench on the same GGUF when LLAMA_BENCH names a llama-bench binary. Every table is the tools' own
 # output, pasted as printed; nothing in the report is typed by hand.
 #
@@ -9,9 +10,10 @@
 #   -p, -n, -r   llama-bench's prompt length, generation length and repetitions, for glint bench and
 #                llama-bench alike (default 128, 32, 3: about 10 minutes on lavapipe, 2 idle cores)
 #   -o FILE      where to write the report (default docs/PERFORMANCE.md)
-#   --kernels    kernel lab mode (default thorough; quick runs each case once)
+#   --kernels    kernel lab mode (default thorough; quick runs each case once; skip)
 # Environment: LLAMA_BENCH (llama-bench binary, CPU backend), LLAMA_BENCH_VK (a Vulkan build of it), LLAMA_THREADS (default 2), LLAMA_BENCH_ARGS (default
-# "-ngl 0": CPU), GLINT_BENCH_ARGS (extra flags for glint bench, e.g. "--backend vulkan"). On a machine
+# "-ngl 0": CPU), GLINT_BENCH_ARGS (extra flags for glint bench, e.g. "--backend vulkan"), LAB_SVG (where
+# the kernel lab's roofline goes, default docs/lab-lavapipe.svg beside the report). On a machine
 # without a GPU, run on lavapipe: VK_DRIVER_FILES=/usr/share/vulkan/icd.d/lvp_icd.x86_64.json
 # WGPU_BACKEND=vulkan.
 set -euo pipefail
@@ -29,7 +31,7 @@ while [ $# -gt 0 ]; do
         --kernels) KERNELS=$2; shift 2 ;;
         --gguf) GGUF=$2; shift 2 ;;
         --bf16) BF16=$2; shift 2 ;;
-        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "perf-report: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -38,6 +40,7 @@ export NODEVICE_SELECT=${NODEVICE_SELECT:-1}
 LLAMA_THREADS=${LLAMA_THREADS:-2}
 LLAMA_BENCH_ARGS=${LLAMA_BENCH_ARGS:--ngl 0}
 GLINT_BENCH_ARGS=${GLINT_BENCH_ARGS:-}
+LAB_SVG=${LAB_SVG:-$(dirname "$OUT")/lab-lavapipe.svg}
 
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -46,7 +49,7 @@ log() { echo "perf-report: $*" >&2; }
 
 log "building glint (release)"
 cargo build --release -p glint-cli 2> "$TMP/build.log" || { cat "$TMP/build.log" >&2; exit 1; }
-GLINT=target/release/glint
+GLINT=$(pwd)/target/release/glint
 
 load() { uptime | sed 's/.*load average[s]*: *//'; }
 LOAD_START=$(load)
@@ -76,8 +79,9 @@ R_FILE="$TMP/report.md"
 ```sh
 scripts/perf-report.sh                        # this report (-p 128 -n 32 -r 3; --help for flags)
 glint bench -m MODEL [-p 512] [-n 128] [-r 5] [-o md|json] [-c CTX] [-b BATCH] [--backend B] [--adapter I]
-cargo bench --bench kernels                   # kernel lab, thorough
-cargo bench --bench kernels -- --quick        # each case once (CI); --json, --filter TEXT
+glint lab [--quick] [--filter TEXT] [-m MODEL] [--backend B] [-o md|json] [--json-file F] [--plot F.svg|F.png]
+glint lab --compare A.json B.json [...] [--plot F.svg]   # one table across saved reports, ratios to A
+cargo bench --bench kernels [-- --quick]      # the same kernel lab, from a checkout
 LLAMA_BENCH=/path/to/llama-bench scripts/perf-report.sh   # adds the llama.cpp comparison
 ```
 
@@ -104,16 +108,24 @@ header) to see how far decoding is from the bandwidth bound. **disp/tok** and **
 compute dispatches and queue submits per token; **GPU mem** is every buffer the process allocated on the
 device (weights, KV cache for the context `-c`, activations). `-o json` gives every repetition's time.
 
-**Kernel lab** (`benches/kernels.rs`) runs each WGSL kernel family at Qwen2-0.5B's shapes through the
+**Kernel lab** (`glint lab`, code in `engine/src/lab/`; `cargo bench --bench kernels` calls the same
+code) runs each WGSL kernel family at Qwen2-0.5B's shapes (`-m MODEL`: that model's) through the
 engine's own graph builder, first checking its output against the CPU reference (`check`: the worst
 error as a fraction of the test suite's tolerance; FAIL stops nothing but makes the run exit non-zero),
 then timing it: with GPU timestamp queries where the device has them, else the wall clock; the header
-says which. **time/call** is the median over timed repetitions of a pass holding the call N times
-(`calls x reps`), **sd** their spread. **GB/s** counts the bytes a call must move at least once
-(weights, inputs, outputs), **% copy** relates it to the device's buffer-copy bandwidth measured in the
-same run (header), and **GFLOP/s** counts 2 per multiply-add. Matrix-vector rows are decode
-(one token); prefill rows process 512 tokens with the two prefill shapes: matvec over blocks of
-8 tokens (what CPU-like devices use) and the tiled matmul (what GPUs use).
+says which, and names the device, driver, backend, limits and a device fingerprint (a stable hash of
+adapter name, vendor and device ids, driver, driver info and backend). **time/call** is the median over
+timed repetitions of a pass holding the call N times (`calls x reps`), **sd** their spread. **GB/s**
+counts the bytes a call must move at least once (weights, inputs, outputs), **% copy** relates it to the
+device's buffer-copy bandwidth measured in the same run (header), **GFLOP/s** counts 2 per multiply-add,
+and **FLOP/B** is the arithmetic intensity. The header's peak FLOP/s is measured in the same run by an
+FMA-bound kernel (`shaders/peak_flops.wgsl`). Matrix-vector rows are decode (one token); prefill rows
+process 512 tokens with the two prefill shapes: matvec over blocks of 8 tokens (what CPU-like devices
+use) and the tiled matmul (what GPUs use). The **roofline** chart puts each case at its arithmetic
+intensity (x) and achieved GB/s (y), under the two measured ceilings: the copy bandwidth (horizontal)
+and the peak FLOP/s (a kernel of intensity I doing P FLOP/s moves P / I bytes a second). `--compare`
+lines the same cases up across saved JSON reports, with each report's time per call and its ratio to
+the first (above 1: faster than the first).
 
 **Comparison with llama.cpp**: llama-bench on the same GGUF with the CPU backend and 2 threads, the
 same -p/-n/-r, and the ratio of glint's t/s to llama.cpp's per test (above 1: glint is faster). On a
@@ -152,29 +164,54 @@ bench_model() {
 bench_model "$(basename "$GGUF") (GGUF)" "$GGUF" "$TMP/glint-gguf.json" >> "$R_FILE"
 bench_model "$(basename "$BF16") (safetensors bf16)" "$BF16" "$TMP/glint-bf16.json" >> "$R_FILE"
 
+# The kernel lab on Vulkan (with its roofline chart), then on GL, and the two side by side.
+lab_flags=""
+[ "$KERNELS" = quick ] && lab_flags="--quick"
+lab_run() {
+    local backend=$1 json=$2 plot=${3:-}
+    local extra=()
+    [ -n "$plot" ] && extra=(--plot "$(realpath -m "$plot")")
+    echo '```'
+    echo "\$ glint lab${lab_flags:+ $lab_flags} --backend $backend --json-file $(basename "$json")${plot:+ --plot $plot}"
+    echo '```'
+    echo
+    log "kernel lab ($KERNELS, $backend)"
+    # shellcheck disable=SC2086
+    if (cd "$TMP" && "$GLINT" lab $lab_flags --backend "$backend" --json-file "$json" "${extra[@]}") \
+        > "$TMP/lab.md" 2> "$TMP/lab.err"; then
+        cat "$TMP/lab.md"
+    else
+        cat "$TMP/lab.md"
+        echo
+        echo "The kernel lab failed: \`$(grep -v '^glint lab: ' "$TMP/lab.err" | tail -1)\`"
+    fi
+    echo
+}
 {
     echo "## Kernel lab"
     echo
     if [ "$KERNELS" = skip ]; then
         echo "Not run (--kernels skip)."
-    else
-        flag=""
-        [ "$KERNELS" = quick ] && flag="-- --quick"
-        echo '```'
-        echo "\$ cargo bench --bench kernels $flag"
-        echo '```'
         echo
-        log "kernel lab ($KERNELS)"
-        # shellcheck disable=SC2086
-        if cargo bench --bench kernels $flag > "$TMP/kernels.md" 2> "$TMP/kernels.err"; then
-            cat "$TMP/kernels.md"
-        else
-            cat "$TMP/kernels.md"
+    else
+        mkdir -p "$(dirname "$LAB_SVG")"
+        lab_run vulkan "$TMP/lab-vulkan.json" "$LAB_SVG"
+        echo "### Roofline"
+        echo
+        echo "![kernel lab roofline]($(realpath -m --relative-to="$(dirname "$OUT")" "$LAB_SVG"))"
+        echo
+        echo "## Kernel lab: Vulkan against GL"
+        echo
+        lab_run gl "$TMP/lab-gl.json"
+        if [ -s "$TMP/lab-vulkan.json" ] && [ -s "$TMP/lab-gl.json" ]; then
+            echo '```'
+            echo "\$ glint lab --compare lab-vulkan.json lab-gl.json"
+            echo '```'
             echo
-            echo "The kernel lab failed: \`$(grep -v '^\s*\(Compiling\|Finished\|Running\)' "$TMP/kernels.err" | tail -1)\`"
+            (cd "$TMP" && "$GLINT" lab --compare lab-vulkan.json lab-gl.json)
+            echo
         fi
     fi
-    echo
 } >> "$R_FILE"
 
 # One llama-bench comparison: its command, its table as printed, and glint ÷ llama.cpp ratios.

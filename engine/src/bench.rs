@@ -22,7 +22,7 @@ use crate::config::ModelConfig;
 use crate::engine::{LoadOptions, Model};
 use crate::error::{Error, Result};
 use crate::gpu::GpuOptions;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 /// What to measure.
@@ -92,7 +92,7 @@ impl BenchSpec {
 }
 
 /// The machine a measurement ran on: when, how many CPUs, and how loaded.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Machine {
     /// UTC, ISO 8601 ("2026-11-20T17:15:53Z").
     pub date_utc: String,

@@ -775,17 +775,9 @@ impl Model {
             .collect())
     }
 
-    /// Split-K attention's key ranges for a call of these tokens: from the longest context among them
-    /// and the device's `Shapes::attn_split_keys`; 1 (no split) for calls of many tokens, which fill
-    /// the device already.
+    /// Split-K attention's key ranges for a call of these tokens (`Shapes::kv_splits`).
     fn kv_splits(&self, meta: &[[u32; 2]]) -> u32 {
-        let sh = &self.kernels.shapes;
-        if meta.len() > sh.attn_split_tokens as usize {
-            return 1;
-        }
-        let keys = meta.iter().map(|m| m[1] + 1).max().unwrap_or(1);
-        keys.div_ceil(sh.attn_split_keys.max(1))
-            .clamp(1, sh.attn_max_splits.max(1))
+        self.kernels.shapes.kv_splits(meta)
     }
 
     /// The logits of the latest call's first output ([vocab] f32; a 600 KB read for Qwen2).

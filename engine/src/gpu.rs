@@ -72,8 +72,9 @@ pub struct Gpu {
 }
 
 /// One adapter as `glint devices` reports it.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdapterReport {
+    /// Index in the adapter list of the chosen backends (`--adapter`).
     pub index: usize,
     pub name: String,
     pub backend: String,
@@ -134,47 +135,50 @@ pub fn list_adapters(opts: &GpuOptions) -> Vec<AdapterReport> {
     adapters(opts)
         .iter()
         .enumerate()
-        .map(|(index, a)| {
-            let i = a.get_info();
-            let l = a.limits();
-            let f = a.features();
-            let mut features: Vec<String> = [
-                (wgpu::Features::SHADER_F16, "SHADER_F16"),
-                (wgpu::Features::SUBGROUP, "SUBGROUP"),
-                (wgpu::Features::TIMESTAMP_QUERY, "TIMESTAMP_QUERY"),
-                (
-                    wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
-                    "TIMESTAMP_QUERY_INSIDE_PASSES",
-                ),
-                (wgpu::Features::PIPELINE_CACHE, "PIPELINE_CACHE"),
-                (wgpu::Features::IMMEDIATES, "IMMEDIATES"),
-            ]
-            .iter()
-            .filter(|(flag, _)| f.contains(*flag))
-            .map(|(_, n)| n.to_string())
-            .collect();
-            features.sort();
-            AdapterReport {
-                index,
-                name: i.name.clone(),
-                backend: format!("{:?}", i.backend),
-                device_type: format!("{:?}", i.device_type),
-                driver: i.driver.clone(),
-                driver_info: i.driver_info.clone(),
-                vendor: i.vendor,
-                device: i.device,
-                subgroup_min_size: i.subgroup_min_size,
-                subgroup_max_size: i.subgroup_max_size,
-                features,
-                max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
-                max_buffer_size: l.max_buffer_size,
-                max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
-                max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
-                max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
-                max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
-            }
-        })
+        .map(|(index, a)| adapter_report(index, a))
         .collect()
+}
+
+/// What `glint devices` (and the kernel lab's header) reports of one adapter.
+fn adapter_report(index: usize, a: &wgpu::Adapter) -> AdapterReport {
+    let i = a.get_info();
+    let l = a.limits();
+    let f = a.features();
+    let mut features: Vec<String> = [
+        (wgpu::Features::SHADER_F16, "SHADER_F16"),
+        (wgpu::Features::SUBGROUP, "SUBGROUP"),
+        (wgpu::Features::TIMESTAMP_QUERY, "TIMESTAMP_QUERY"),
+        (
+            wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
+            "TIMESTAMP_QUERY_INSIDE_PASSES",
+        ),
+        (wgpu::Features::PIPELINE_CACHE, "PIPELINE_CACHE"),
+        (wgpu::Features::IMMEDIATES, "IMMEDIATES"),
+    ]
+    .iter()
+    .filter(|(flag, _)| f.contains(*flag))
+    .map(|(_, n)| n.to_string())
+    .collect();
+    features.sort();
+    AdapterReport {
+        index,
+        name: i.name.clone(),
+        backend: format!("{:?}", i.backend),
+        device_type: format!("{:?}", i.device_type),
+        driver: i.driver.clone(),
+        driver_info: i.driver_info.clone(),
+        vendor: i.vendor,
+        device: i.device,
+        subgroup_min_size: i.subgroup_min_size,
+        subgroup_max_size: i.subgroup_max_size,
+        features,
+        max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
+        max_buffer_size: l.max_buffer_size,
+        max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
+        max_compute_workgroup_storage_size: l.max_compute_workgroup_storage_size,
+        max_compute_invocations_per_workgroup: l.max_compute_invocations_per_workgroup,
+        max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
+    }
 }
 
 impl Gpu {
@@ -247,6 +251,12 @@ impl Gpu {
             caps,
             allocated: Default::default(),
         })
+    }
+
+    /// The adapter as `glint devices` lists it (`index`: its place in the list it was chosen from, or
+    /// 0 when it was the default choice).
+    pub fn adapter_report(&self, index: usize) -> AdapterReport {
+        adapter_report(index, &self.adapter)
     }
 
     /// A one-line description: "llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu)".

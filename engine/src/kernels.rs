@@ -182,6 +182,18 @@ impl Shapes {
         self.matvec_wg / self.tpr
     }
 
+    /// Split-K attention's key ranges for a call of these tokens ((slot, position) each): from the
+    /// longest context among them and `attn_split_keys`; 1 (no split) for calls of more than
+    /// `attn_split_tokens` tokens, which fill the device already.
+    pub fn kv_splits(&self, meta: &[[u32; 2]]) -> u32 {
+        if meta.len() > self.attn_split_tokens as usize {
+            return 1;
+        }
+        let keys = meta.iter().map(|m| m[1] + 1).max().unwrap_or(1);
+        keys.div_ceil(self.attn_split_keys.max(1))
+            .clamp(1, self.attn_max_splits.max(1))
+    }
+
     /// The row multiple on which a stacked matrix's second format must start, so that every workgroup
     /// of every linear kernel sees one format (the tiled matmul covers 32 rows).
     pub fn segment_align(&self) -> usize {

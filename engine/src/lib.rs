@@ -34,6 +34,7 @@ pub mod gpu;
 pub mod graph;
 pub mod hub;
 pub mod kernels;
+pub mod lab;
 pub mod model;
 pub mod quant;
 pub mod reference;
