@@ -233,6 +233,16 @@ fn bad_input_to_a_loaded_model() {
         &["run", "-m", tiny, "--prompt-ids", "1", "-c", "0"],
         &["context size must be at least 1"],
     );
+    // A context no buffer can hold is refused before anything is allocated (it used to abort on a
+    // 1 TB host allocation of the RoPE table), with what fits.
+    assert_mentions(
+        &["run", "-m", tiny, "--prompt-ids", "1", "-c", "4000000000"],
+        &[
+            "context size 4000000000 does not fit this device",
+            "KV cache",
+            "tokens per slot fit here (--ctx-size)",
+        ],
+    );
     assert_mentions(
         &["run", "-m", tiny, "--prompt-ids", "600"],
         &["token id 600 is out of range (vocab_size 512)"],

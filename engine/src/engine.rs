@@ -159,6 +159,48 @@ pub struct SeqSample<'a> {
     pub u: f32,
 }
 
+/// Refuse, before anything is allocated, a context whose per-slot buffers cannot exist on this device:
+/// each layer's K and V cache ([slots * ctx, n_kv_heads * head_dim]), the RoPE table ([ctx, head_dim /
+/// 2] x (cos, sin) f32) and the sampler's penalty window ([max_out, ctx] u32) are single bindings, each
+/// at most the device's `max_storage_binding` bytes. The error says what fits.
+fn check_context_fits(
+    cfg: &ModelConfig,
+    ctx: usize,
+    slots: usize,
+    max_out: usize,
+    kv_type: KvType,
+    caps: &crate::gpu::DeviceCaps,
+) -> Result<()> {
+    let limit = caps.max_storage_binding.min(caps.max_buffer_size) as u128;
+    // Bytes per context position of each buffer, and what it is.
+    let kv_row = (slots * cfg.n_kv_heads * cfg.head_dim * kv_type.bytes()) as u128;
+    let per_pos = [
+        (kv_row, format!("one layer's {} KV cache ({slots} slot(s))", kv_type.name())),
+        ((cfg.head_dim * 4) as u128, "the RoPE table".to_string()),
+        ((max_out * 4) as u128, "the sampler's penalty window".to_string()),
+    ];
+    let fits = per_pos
+        .iter()
+        .map(|(b, _)| limit / (*b).max(1))
+        .min()
+        .unwrap_or(u128::MAX);
+    if let Some((b, what)) = per_pos.iter().find(|(b, _)| ctx as u128 * b > limit) {
+        return Err(Error::Input(format!(
+            "context size {ctx} does not fit this device: {what} would take {:.1} MiB, over its \
+             {} MiB per buffer; at most {fits} tokens per slot fit here (--ctx-size)",
+            (ctx as u128 * b) as f64 / (1u64 << 20) as f64,
+            limit >> 20
+        )));
+    }
+    let total_kv = 2 * cfg.n_layers as u128 * kv_row * ctx as u128;
+    if total_kv > u64::MAX as u128 {
+        return Err(Error::Input(format!(
+            "context size {ctx}: the KV cache would take {total_kv} bytes (--ctx-size)"
+        )));
+    }
+    Ok(())
+}
+
 /// A loaded model, ready to generate.
 pub struct Model {
     pub gpu: Gpu,
@@ -382,6 +424,14 @@ impl Model {
         } else {
             KvType::F32
         });
+        check_context_fits(&cfg, ctx, n_slots, max_out, kv_type, &gpu.caps)?;
+        if ctx > cfg.max_position && cfg.max_position > 0 {
+            log::warn!(
+                "context size {ctx} is over the model's trained maximum of {} positions; \
+                 output past it may degrade",
+                cfg.max_position
+            );
+        }
         let kernels = Kernels::new(&gpu, shapes)?;
         let mut done = 0u64;
         let mut cb = opts.progress.take();
