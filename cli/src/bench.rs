@@ -85,10 +85,11 @@ pub fn bench(a: BenchArgs) -> glint::Result<()> {
     eprintln!("glint bench: loading {}", a.model.display());
     let mut model = Model::load(&a.model, opts)?;
     eprintln!(
-        "glint bench: {} on {}, loaded in {:.0} ms; running {} repetition(s) per test",
+        "glint bench: {} on {}, loaded in {:.0} ms ({}); running {} repetition(s) per test",
         glint::bench::model_name(&a.model),
         model.gpu.describe(),
         model.load_ms,
+        crate::generate::describe_load(&model.load_times),
         spec.reps
     );
     let report = run_bench(&mut model, &spec)?;

@@ -124,7 +124,9 @@ pub fn run(a: RunArgs) -> glint::Result<()> {
             "seed": seed,
             "timings": {
                 "load_ms": model.load_ms,
+                "load": model.load_times,
                 "prompt_ms": g.prompt_ms,
+                "first_token_ms": g.prompt_ms,
                 "decode_ms": g.decode_ms,
                 "decode_tokens_per_s": g.decode_tokens_per_s(),
             }

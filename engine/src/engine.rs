@@ -175,9 +175,15 @@ fn check_context_fits(
     // Bytes per context position of each buffer, and what it is.
     let kv_row = (slots * cfg.n_kv_heads * cfg.head_dim * kv_type.bytes()) as u128;
     let per_pos = [
-        (kv_row, format!("one layer's {} KV cache ({slots} slot(s))", kv_type.name())),
+        (
+            kv_row,
+            format!("one layer's {} KV cache ({slots} slot(s))", kv_type.name()),
+        ),
         ((cfg.head_dim * 4) as u128, "the RoPE table".to_string()),
-        ((max_out * 4) as u128, "the sampler's penalty window".to_string()),
+        (
+            (max_out * 4) as u128,
+            "the sampler's penalty window".to_string(),
+        ),
     ];
     let fits = per_pos
         .iter()
@@ -201,6 +207,21 @@ fn check_context_fits(
     Ok(())
 }
 
+/// Where a model load's time went, ms (wall clock, in load order).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct LoadTimes {
+    /// Opening the files (headers, tokenizer, chat template) before the device is touched.
+    pub files_ms: f64,
+    /// Adapter and device creation, pipeline cache file read.
+    pub device_ms: f64,
+    /// Reading, converting and uploading the weights (page cache included).
+    pub weights_ms: f64,
+    /// Compiling the compute pipelines (the driver's cache makes a warm start fast).
+    pub pipelines_ms: f64,
+    /// Whether the pipelines came from a saved pipeline cache file.
+    pub pipeline_cache_hit: bool,
+}
+
 /// A loaded model, ready to generate.
 pub struct Model {
     pub gpu: Gpu,
@@ -222,7 +243,10 @@ pub struct Model {
     n_valid: usize,
     /// Per slot, the ids whose keys and values are in its region of the KV cache, in order.
     slots: Vec<Vec<u32>>,
+    /// Wall time of the whole load (files, device, weights, pipelines), ms.
     pub load_ms: f64,
+    /// Where the load's time went.
+    pub load_times: LoadTimes,
     pub source: PathBuf,
 }
 
@@ -412,7 +436,10 @@ impl Model {
             .unwrap_or(n_slots)
             .max(n_slots)
             .min(batch.max(n_slots));
+        let files_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let lap = Instant::now();
         let gpu = Gpu::new(&opts.gpu)?;
+        let device_ms = lap.elapsed().as_secs_f64() * 1e3;
         let mut shapes = Shapes::for_device(&gpu.caps);
         if let Some(f) = &opts.shapes {
             f(&mut shapes);
@@ -432,7 +459,10 @@ impl Model {
                 cfg.max_position
             );
         }
+        let lap = Instant::now();
         let kernels = Kernels::new(&gpu, shapes)?;
+        let mut pipelines_ms = lap.elapsed().as_secs_f64() * 1e3;
+        let lap = Instant::now();
         let mut done = 0u64;
         let mut cb = opts.progress.take();
         let mut progress = |name: &str, bytes: u64| {
@@ -463,6 +493,7 @@ impl Model {
                 m.format.name()
             )));
         }
+        let weights_ms = lap.elapsed().as_secs_f64() * 1e3;
         let acts = Activations::new(&gpu, &cfg, batch, max_out, &kernels.shapes)?;
         let kv = KvCache::new(&gpu, &cfg, ctx, n_slots, kv_type)?;
         let steps = StepBuffers::new(&gpu, batch, max_out)?;
@@ -473,6 +504,7 @@ impl Model {
         let mut stop_ids: Vec<u32> = gen_cfg.eos.iter().chain(&cfg.eos).copied().collect();
         stop_ids.sort();
         stop_ids.dedup();
+        let lap = Instant::now();
         let plan = {
             let mut g = Graph::new(&gpu, &kernels, &steps, &dummy);
             net.forward(&mut g, &acts, &kv, n_valid);
@@ -487,6 +519,14 @@ impl Model {
             max_out,
             max_out * ctx,
         )?;
+        pipelines_ms += lap.elapsed().as_secs_f64() * 1e3;
+        let load_times = LoadTimes {
+            files_ms,
+            device_ms,
+            weights_ms,
+            pipelines_ms,
+            pipeline_cache_hit: gpu.pipeline_cache.as_ref().is_some_and(|c| c.loaded),
+        };
         let mut m = Model {
             gpu,
             cfg,
@@ -506,12 +546,14 @@ impl Model {
             n_valid,
             slots: vec![Vec::new(); n_slots],
             load_ms: 0.0,
+            load_times,
             source: path.to_path_buf(),
         };
         m.gpu
             .device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(format!("poll: {e}")))?;
+        m.gpu.save_pipeline_cache();
         m.load_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(m)
     }

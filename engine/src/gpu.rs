@@ -2,6 +2,7 @@
 //! helpers everything else uses. No model logic lives here.
 
 use crate::error::{Error, Result};
+use std::path::PathBuf;
 use wgpu::util::DeviceExt;
 
 /// Which graphics API to run on. `None` in [`GpuOptions`] means "best available": Vulkan, Metal or DX12,
@@ -69,6 +70,90 @@ pub struct Gpu {
     pub caps: DeviceCaps,
     /// Bytes of every buffer created through this context (wgpu has no portable memory query).
     allocated: std::sync::atomic::AtomicU64,
+    /// The driver's compiled pipelines, kept on disk between runs (backends with PIPELINE_CACHE).
+    pub pipeline_cache: Option<PipelineCacheFile>,
+}
+
+/// A `wgpu::PipelineCache` and the file it was read from and is saved to: in the user cache directory
+/// ([`cache_dir`]), named by wgpu's adapter key (vendor and device), glint's version and a hash of every
+/// shader's source, so a driver, device or shader change starts a fresh file. wgpu checks the file's
+/// header against the driver and ignores a file that does not match; deleting it is always safe.
+pub struct PipelineCacheFile {
+    pub cache: wgpu::PipelineCache,
+    pub path: PathBuf,
+    /// Whether the file existed and was handed to the driver (a warm start).
+    pub loaded: bool,
+}
+
+/// glint's cache directory: `$GLINT_CACHE_DIR`, else `$XDG_CACHE_HOME/glint`, else `~/.cache/glint`.
+pub fn cache_dir() -> Option<PathBuf> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("GLINT_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|p| p.join("glint")))
+        .or_else(|| var("HOME").map(|p| p.join(".cache").join("glint")))
+}
+
+/// FNV-1a over bytes (the pipeline cache file's shader hash).
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for p in parts {
+        for &b in *p {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    h
+}
+
+/// The device's pipeline cache, from its file when there is one. None where the backend has no
+/// pipeline cache (wgpu: Vulkan only), no cache directory is known, or `GLINT_PIPELINE_CACHE=0`.
+fn open_pipeline_cache(
+    device: &wgpu::Device,
+    info: &wgpu::AdapterInfo,
+) -> Option<PipelineCacheFile> {
+    if !device.features().contains(wgpu::Features::PIPELINE_CACHE)
+        || std::env::var("GLINT_PIPELINE_CACHE").is_ok_and(|v| v == "0")
+    {
+        return None;
+    }
+    let key = wgpu::util::pipeline_cache_key(info)?;
+    let sources: Vec<String> = crate::kernels::all_modules()
+        .into_iter()
+        .map(|(_, src)| src)
+        .collect();
+    let mut parts: Vec<&[u8]> = sources.iter().map(|s| s.as_bytes()).collect();
+    parts.push(info.driver.as_bytes());
+    parts.push(info.driver_info.as_bytes());
+    let path = cache_dir()?.join("pipelines").join(format!(
+        "{key}_glint{}_{:016x}.bin",
+        env!("CARGO_PKG_VERSION"),
+        fnv1a(&parts)
+    ));
+    let data = std::fs::read(&path).ok();
+    // SAFETY: the data is what `PipelineCache::get_data` wrote for an adapter with this key (vendor,
+    // device) and driver; wgpu validates its header and the driver its contents (`fallback`: an
+    // unusable file gives an empty cache instead of an error).
+    let cache = unsafe {
+        device.create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+            label: Some("glint pipelines"),
+            data: data.as_deref(),
+            fallback: true,
+        })
+    };
+    log::info!(
+        "pipeline cache {} ({})",
+        path.display(),
+        if data.is_some() { "read" } else { "new" }
+    );
+    Some(PipelineCacheFile {
+        cache,
+        path,
+        loaded: data.is_some(),
+    })
 }
 
 /// One adapter as `glint devices` reports it.
@@ -211,7 +296,8 @@ impl Gpu {
         let wanted = wgpu::Features::SHADER_F16
             | wgpu::Features::SUBGROUP
             | wgpu::Features::TIMESTAMP_QUERY
-            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+            | wgpu::Features::PIPELINE_CACHE;
         let features = adapter.features() & wanted;
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -243,6 +329,7 @@ impl Gpu {
             caps.subgroup_size,
             caps.max_storage_binding >> 20
         );
+        let pipeline_cache = open_pipeline_cache(&device, &info);
         Ok(Gpu {
             adapter,
             device,
@@ -250,7 +337,36 @@ impl Gpu {
             info,
             caps,
             allocated: Default::default(),
+            pipeline_cache,
         })
+    }
+
+    /// The pipeline cache to build pipelines with, if any.
+    pub fn pipelines(&self) -> Option<&wgpu::PipelineCache> {
+        self.pipeline_cache.as_ref().map(|c| &c.cache)
+    }
+
+    /// Write the pipeline cache back to its file (after the model's pipelines are built), through a
+    /// temporary file and a rename so a concurrent reader never sees half a file. Failures are logged,
+    /// never fatal: the cache only saves time.
+    pub fn save_pipeline_cache(&self) {
+        let Some(c) = &self.pipeline_cache else {
+            return;
+        };
+        let Some(data) = c.cache.get_data() else {
+            return;
+        };
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = c.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = c.path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, &data)?;
+            std::fs::rename(&tmp, &c.path)
+        };
+        if let Err(e) = write() {
+            log::warn!("pipeline cache {}: not saved: {e}", c.path.display());
+        }
     }
 
     /// The adapter as `glint devices` lists it (`index`: its place in the list it was chosen from, or

@@ -312,6 +312,8 @@ struct Modules {
 pub struct Kernels {
     pub shapes: Shapes,
     gpu_device: wgpu::Device,
+    /// The driver's on-disk pipeline cache (`Gpu::pipeline_cache`), when the backend has one.
+    pipeline_cache: Option<wgpu::PipelineCache>,
     modules: Modules,
     cache: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     pub rmsnorm: wgpu::ComputePipeline,
@@ -331,6 +333,7 @@ fn module(gpu: &Gpu, label: &str, src: &str) -> wgpu::ShaderModule {
 
 fn pipeline(
     device: &wgpu::Device,
+    cache: Option<&wgpu::PipelineCache>,
     m: &wgpu::ShaderModule,
     entry: &str,
     constants: &[(&str, f64)],
@@ -345,7 +348,7 @@ fn pipeline(
             // Every kernel writes its workgroup memory before reading it.
             zero_initialize_workgroup_memory: false,
         },
-        cache: None,
+        cache,
     })
 }
 
@@ -385,14 +388,16 @@ impl Kernels {
             Reduce::Shared => 64.0,
         };
         let d = &gpu.device;
+        let pc = gpu.pipelines();
         let k = Kernels {
             gpu_device: gpu.device.clone(),
+            pipeline_cache: gpu.pipelines().cloned(),
             modules,
             cache: Mutex::new(HashMap::new()),
-            rmsnorm: pipeline(d, &norm_m, "rmsnorm", &[("TPR", norm_tpr)]),
-            rmsnorm_gather: pipeline(d, &norm_m, "rmsnorm_gather", &[("TPR", norm_tpr)]),
-            silu_mul: pipeline(d, &ew_m, "silu_mul", &[]),
-            argmax: pipeline(d, &argmax_m, "argmax", &[]),
+            rmsnorm: pipeline(d, pc, &norm_m, "rmsnorm", &[("TPR", norm_tpr)]),
+            rmsnorm_gather: pipeline(d, pc, &norm_m, "rmsnorm_gather", &[("TPR", norm_tpr)]),
+            silu_mul: pipeline(d, pc, &ew_m, "silu_mul", &[]),
+            argmax: pipeline(d, pc, &argmax_m, "argmax", &[]),
             shapes,
         };
         if let Some(e) = pollster::block_on(scope.pop()) {
@@ -453,14 +458,18 @@ impl Kernels {
 
     fn build(&self, key: PipelineKey) -> wgpu::ComputePipeline {
         let d = &self.gpu_device;
+        let pc = self.pipeline_cache.as_ref();
         let m = &self.modules;
         let sh = &self.shapes;
         match key {
-            PipelineKey::Embed(f) => pipeline(d, &m.embed, "embed", &[("WFMT", wfmt(f) as f64)]),
+            PipelineKey::Embed(f) => {
+                pipeline(d, pc, &m.embed, "embed", &[("WFMT", wfmt(f) as f64)])
+            }
             PipelineKey::RopeStore { qk_norm, kv } => {
                 let norm = if qk_norm { 1.0 } else { 0.0 };
                 pipeline(
                     d,
+                    pc,
                     &m.rope,
                     "rope_store",
                     &[("QK_NORM", norm), ("KVF", kv.code())],
@@ -468,12 +477,14 @@ impl Kernels {
             }
             PipelineKey::Attention(kv) => pipeline(
                 d,
+                pc,
                 &m.attention,
                 "attention",
                 &[("WG", sh.attn_wg as f64), ("KVF", kv.code())],
             ),
             PipelineKey::AttentionReduce => pipeline(
                 d,
+                pc,
                 &m.attention,
                 "attention_reduce",
                 &[("WG", sh.attn_wg as f64)],
@@ -488,7 +499,7 @@ impl Kernels {
                     ("GLU", flag(s.glu)),
                 ];
                 if kernel == LinearKernel::Tiled {
-                    return pipeline(d, &m.matmul, "matmul", &c);
+                    return pipeline(d, pc, &m.matmul, "matmul", &c);
                 }
                 let tok = match kernel {
                     LinearKernel::Single => 1,
@@ -506,9 +517,9 @@ impl Kernels {
                     ("RPI", rpi as f64),
                 ]);
                 if FLOATS.contains(&s.format) {
-                    pipeline(d, &m.matvec, "matvec", &c)
+                    pipeline(d, pc, &m.matvec, "matvec", &c)
                 } else {
-                    pipeline(d, &m.matvec_quant, "matvec_quant", &c)
+                    pipeline(d, pc, &m.matvec_quant, "matvec_quant", &c)
                 }
             }
         }

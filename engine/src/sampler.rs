@@ -423,7 +423,7 @@ impl GpuSampler {
                     // The kernel writes its workgroup memory before reading it.
                     zero_initialize_workgroup_memory: false,
                 },
-                cache: None,
+                cache: gpu.pipelines(),
             });
         let params = gpu.storage(
             "sample.params",
