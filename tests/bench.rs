@@ -70,6 +70,32 @@ fn report_shape_pp_and_tg() {
     );
 }
 
+/// llama-bench's depth: each test again with 100 positions already in the cache; the context holds
+/// the deepest depth plus the longest test; the step's average context counts the depth.
+#[test]
+fn depths_repeat_every_test_over_a_filled_cache() {
+    let spec = BenchSpec {
+        depths: vec![0, 100],
+        reps: 1,
+        ..spec()
+    };
+    let Some(mut model) = load(&spec) else { return };
+    let r = run_bench(&mut model, &spec).expect("bench");
+    assert_eq!(r.ctx_size, 100 + 8.max(spec.tg_prompt + 4));
+    let names: Vec<&str> = r.tests.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["pp8", "tg4", "pp8 @ d100", "tg4 @ d100"]);
+    let depths: Vec<usize> = r.tests.iter().map(|t| t.n_depth).collect();
+    assert_eq!(depths, [0, 0, 100, 100]);
+    assert_eq!(r.tests[3].avg_ctx, (100 + spec.tg_prompt) as f64 + 2.5);
+    assert_eq!(r.tests[2].avg_ctx, 100.0 + 4.5);
+    // A later generation from an empty cache is not confused by the filled positions.
+    model.fill_cache_for_bench(100).unwrap();
+    assert_eq!(model.position(), 100);
+    model.reset();
+    assert_eq!(model.position(), 0);
+    assert!(r.to_markdown().contains("synthetic fill"));
+}
+
 #[test]
 fn skips_zero_lengths_and_rejects_bad_specs() {
     let mut spec = spec();

@@ -54,6 +54,19 @@ pub struct BenchArgs {
     /// Untimed prompt tokens fed before each tg test (0: start from an empty cache, as llama-bench).
     #[arg(long, default_value_t = 8)]
     tg_prompt: usize,
+    /// Depths, comma-separated (llama-bench's -d): every test runs once per depth with that many
+    /// positions already in the KV cache. The positions are a synthetic fill, not computed (no
+    /// minutes of prefill first); attention over them costs what it would over real keys.
+    #[arg(
+        short = 'd',
+        long = "n-depth",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
+    depth: Vec<usize>,
+    /// KV cache element type: f16 (default where the device has SHADER_F16) or f32.
+    #[arg(long, value_parser = parse_kv_type)]
+    kv_type: Option<glint::kernels::KvType>,
     /// Skip the warm-up run.
     #[arg(long)]
     no_warmup: bool,
@@ -62,6 +75,11 @@ pub struct BenchArgs {
     quant: Option<QuantType>,
     #[command(flatten)]
     gpu: crate::GpuArgs,
+}
+
+fn parse_kv_type(s: &str) -> Result<glint::kernels::KvType, String> {
+    glint::kernels::KvType::parse(s)
+        .ok_or_else(|| format!("'{s}' is not a KV cache type (f16 or f32)"))
 }
 
 fn parse_quant(s: &str) -> Result<QuantType, String> {
@@ -76,12 +94,14 @@ pub fn bench(a: BenchArgs) -> glint::Result<()> {
         reps: a.reps,
         warmup: !a.no_warmup,
         tg_prompt: a.tg_prompt,
+        depths: a.depth,
         batch: a.batch,
         ctx_size: a.ctx_size,
         ..Default::default()
     };
     let mut opts = spec.load_options(a.gpu.options()?);
     opts.quant = a.quant;
+    opts.kv_type = a.kv_type;
     eprintln!("glint bench: loading {}", a.model.display());
     let mut model = Model::load(&a.model, opts)?;
     eprintln!(

@@ -40,6 +40,11 @@ pub struct BenchSpec {
     /// Tokens fed (untimed) before a `tg` test's timed steps. 0 starts from an empty cache, as
     /// llama-bench does.
     pub tg_prompt: usize,
+    /// llama-bench's depths (`-d`): every test runs once per depth with that many positions already
+    /// in the cache. They are a synthetic fill (`Model::fill_cache_for_bench`: not computed, so a
+    /// depth of 16384 costs no minutes of prefill first); attention over them costs what it would over
+    /// real keys. 0: an empty cache.
+    pub depths: Vec<usize>,
     /// Tokens per prefill submit (`LoadOptions::batch`); `Model` does not expose it, so the spec carries
     /// it for the submit count. Use [`BenchSpec::load_options`] to load the model consistently.
     pub batch: usize,
@@ -57,6 +62,7 @@ impl Default for BenchSpec {
             reps: 5,
             warmup: true,
             tg_prompt: 8,
+            depths: vec![0],
             batch: 512,
             ctx_size: None,
             seed: 42,
@@ -77,7 +83,16 @@ impl BenchSpec {
     pub fn ctx_needed(&self) -> usize {
         let pp = self.prompts().max().unwrap_or(0);
         let tg = self.gens().max().map_or(0, |n| self.tg_prompt + n);
-        pp.max(tg).max(1)
+        self.depth_list().into_iter().max().unwrap_or(0) + pp.max(tg).max(1)
+    }
+
+    /// The depths to run at (`[0]` when none are given).
+    fn depth_list(&self) -> Vec<usize> {
+        if self.depths.is_empty() {
+            vec![0]
+        } else {
+            self.depths.clone()
+        }
     }
 
     /// Load options matching the spec: its context size (or just what the tests need) and batch.
@@ -196,6 +211,8 @@ pub struct TestReport {
     pub n_prompt: usize,
     /// Generated tokens (`tg`), 0 for `pp`.
     pub n_gen: usize,
+    /// Positions already in the cache (synthetic fill) before the test's tokens (llama-bench's depth).
+    pub n_depth: usize,
     /// Tokens timed per repetition.
     pub n_tokens: usize,
     /// Wall time of every repetition, nanoseconds.
@@ -242,6 +259,8 @@ pub struct BenchReport {
     pub reps: usize,
     pub warmup: bool,
     pub kv_bytes: u64,
+    /// KV cache element type ("f16", "f32").
+    pub kv_type: String,
     /// Bytes of every buffer the model allocated on the GPU (weights, KV cache, activations).
     pub gpu_allocated_bytes: u64,
     /// Dispatches of one decode step.
@@ -303,8 +322,8 @@ pub fn run_bench(model: &mut Model, spec: &BenchSpec) -> Result<BenchReport> {
     let ctx = model.ctx_size();
     if spec.ctx_needed() > ctx {
         return Err(Error::Input(format!(
-            "bench: the tests need a context of {} tokens (longest prompt, or {} prompt tokens plus the \
-             longest generation); the model was loaded with {ctx} (raise -c)",
+            "bench: the tests need a context of {} tokens (the deepest -d, plus the longest prompt or {} \
+             prompt tokens plus the longest generation); the model was loaded with {ctx} (raise -c)",
             spec.ctx_needed(),
             spec.tg_prompt
         )));
@@ -315,69 +334,74 @@ pub fn run_bench(model: &mut Model, spec: &BenchSpec) -> Result<BenchReport> {
     let dispatches = model.decode_dispatches();
     let mut tests = Vec::new();
 
-    for (k, p) in spec.prompts().enumerate() {
-        let ids = token_ids(spec.seed ^ ((k as u64 + 1) * 0x9E37), p, n_valid);
-        let once = |model: &mut Model, ids: &[u32]| -> Result<u64> {
-            model.reset();
-            let t = Instant::now();
-            model.feed(ids)?;
-            Ok(t.elapsed().as_nanos() as u64)
-        };
-        if spec.warmup {
-            // The prefill plan on a short prompt: first-use costs without a full extra run.
-            once(model, &ids[..p.min(16)])?;
+    for depth in spec.depth_list() {
+        for (k, p) in spec.prompts().enumerate() {
+            let ids = token_ids(spec.seed ^ ((k as u64 + 1) * 0x9E37), p, n_valid);
+            let once = |model: &mut Model, ids: &[u32]| -> Result<u64> {
+                model.fill_cache_for_bench(depth)?;
+                let t = Instant::now();
+                model.feed(ids)?;
+                Ok(t.elapsed().as_nanos() as u64)
+            };
+            if spec.warmup {
+                // The prefill plan on a short prompt: first-use costs without a full extra run.
+                once(model, &ids[..p.min(16)])?;
+            }
+            let samples = (0..spec.reps)
+                .map(|_| once(model, &ids))
+                .collect::<Result<Vec<_>>>()?;
+            let submits = p.div_ceil(batch);
+            tests.push(summarise(
+                test_name(format!("pp{p}"), depth),
+                depth,
+                p,
+                0,
+                p,
+                samples,
+                depth as f64 + (p + 1) as f64 / 2.0,
+                None,
+                submits,
+                submits * dispatches,
+            ));
         }
-        let samples = (0..spec.reps)
-            .map(|_| once(model, &ids))
-            .collect::<Result<Vec<_>>>()?;
-        let submits = p.div_ceil(batch);
-        tests.push(summarise(
-            format!("pp{p}"),
-            p,
-            0,
-            p,
-            samples,
-            (p + 1) as f64 / 2.0,
-            None,
-            submits,
-            submits * dispatches,
-        ));
-    }
 
-    for (k, n) in spec.gens().enumerate() {
-        let prompt = token_ids(spec.seed ^ 0xA5A5 ^ k as u64, spec.tg_prompt, n_valid);
-        let steps = token_ids(spec.seed ^ 0x5A5A ^ k as u64, n, n_valid);
-        let run = |model: &mut Model, steps: &[u32]| -> Result<u64> {
-            model.reset();
-            if !prompt.is_empty() {
-                model.feed(&prompt)?;
+        for (k, n) in spec.gens().enumerate() {
+            let prompt = token_ids(spec.seed ^ 0xA5A5 ^ k as u64, spec.tg_prompt, n_valid);
+            let steps = token_ids(spec.seed ^ 0x5A5A ^ k as u64, n, n_valid);
+            let run = |model: &mut Model, steps: &[u32]| -> Result<u64> {
+                model.fill_cache_for_bench(depth)?;
+                if !prompt.is_empty() {
+                    model.feed(&prompt)?;
+                }
+                let t = Instant::now();
+                for &id in steps {
+                    model.feed(&[id])?;
+                }
+                Ok(t.elapsed().as_nanos() as u64)
+            };
+            if spec.warmup {
+                run(model, &steps[..n.min(2)])?;
             }
-            let t = Instant::now();
-            for &id in steps {
-                model.feed(&[id])?;
-            }
-            Ok(t.elapsed().as_nanos() as u64)
-        };
-        if spec.warmup {
-            run(model, &steps[..n.min(2)])?;
+            let samples = (0..spec.reps)
+                .map(|_| run(model, &steps))
+                .collect::<Result<Vec<_>>>()?;
+            // Step i (0-based) attends to depth + tg_prompt + i + 1 cached tokens.
+            let avg_ctx = (depth + spec.tg_prompt) as f64 + (n + 1) as f64 / 2.0;
+            let dispatches = model.decode_dispatches_at(avg_ctx.round() as usize);
+            let bytes = model.bytes_per_token(avg_ctx.round() as usize);
+            tests.push(summarise(
+                test_name(format!("tg{n}"), depth),
+                depth,
+                spec.tg_prompt,
+                n,
+                n,
+                samples,
+                avg_ctx,
+                Some(bytes),
+                n,
+                n * dispatches,
+            ));
         }
-        let samples = (0..spec.reps)
-            .map(|_| run(model, &steps))
-            .collect::<Result<Vec<_>>>()?;
-        // Step i (0-based) attends to tg_prompt + i + 1 cached tokens.
-        let avg_ctx = spec.tg_prompt as f64 + (n + 1) as f64 / 2.0;
-        let bytes = model.bytes_per_token(avg_ctx.round() as usize);
-        tests.push(summarise(
-            format!("tg{n}"),
-            spec.tg_prompt,
-            n,
-            n,
-            samples,
-            avg_ctx,
-            Some(bytes),
-            n,
-            n * dispatches,
-        ));
     }
 
     let info = &model.gpu.info;
@@ -399,6 +423,7 @@ pub fn run_bench(model: &mut Model, spec: &BenchSpec) -> Result<BenchReport> {
         reps: spec.reps,
         warmup: spec.warmup,
         kv_bytes: model.kv_bytes(),
+        kv_type: model.kv_type().name().to_string(),
         gpu_allocated_bytes: model.gpu.allocated_bytes(),
         decode_dispatches: dispatches,
         machine,
@@ -407,9 +432,19 @@ pub fn run_bench(model: &mut Model, spec: &BenchSpec) -> Result<BenchReport> {
     })
 }
 
+/// "tg128", or llama-bench's "tg128 @ d4096" at a depth.
+fn test_name(base: String, depth: usize) -> String {
+    if depth == 0 {
+        base
+    } else {
+        format!("{base} @ d{depth}")
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn summarise(
     name: String,
+    n_depth: usize,
     n_prompt: usize,
     n_gen: usize,
     n_tokens: usize,
@@ -428,6 +463,7 @@ fn summarise(
     let (avg_ts, stddev_ts) = mean_sd(&ts);
     TestReport {
         name,
+        n_depth,
         n_prompt,
         n_gen,
         n_tokens,
@@ -535,16 +571,22 @@ impl BenchReport {
             out += &line(r);
         }
         out += &format!(
-            "\nglint {}, {} ({}, {}), ctx {}, batch {}, r {}{}, tg after {} prompt tokens; {}; load average at end {}\n",
+            "\nglint {}, {} ({}, {}), ctx {}, {} KV cache, batch {}, r {}{}, tg after {} prompt tokens{}; {}; load average at end {}\n",
             self.glint_version,
             self.device,
             self.device_type,
             self.driver,
             self.ctx_size,
+            self.kv_type,
             self.batch,
             self.reps,
             if self.warmup { " after a warm-up run" } else { "" },
             self.tests.iter().find(|t| t.n_gen > 0).map_or(0, |t| t.n_prompt),
+            if self.tests.iter().any(|t| t.n_depth > 0) {
+                " (@ dN: N positions already in the cache, a synthetic fill)"
+            } else {
+                ""
+            },
             self.machine.describe(),
             fmt_load(self.load_avg_end)
         );

@@ -612,6 +612,16 @@ impl Model {
     pub fn truncate(&mut self, pos: usize) {
         self.slots[0].truncate(pos);
     }
+    /// Benchmarks only (llama-bench's depth): make slot 0 hold `depth` positions without computing
+    /// them, so that the next steps attend over `depth` cached keys at their true cost. The rows keep
+    /// whatever values the cache holds (zeros on a fresh cache, finite values of earlier runs), so the
+    /// outputs are meaningless; the ids recorded are `u32::MAX`, which no prompt shares a prefix with.
+    pub fn fill_cache_for_bench(&mut self, depth: usize) -> Result<()> {
+        self.slots[0].clear();
+        self.check_fits(0, depth)?;
+        self.slots[0].resize(depth, u32::MAX);
+        Ok(())
+    }
     /// Sampling defaults from the model's generation_config.json (do_sample false or absent: greedy);
     /// flags override them field by field.
     pub fn sampling_defaults(&self) -> SamplingParams {
