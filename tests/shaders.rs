@@ -7,7 +7,9 @@ use naga::valid::{Capabilities, ValidationFlags, Validator};
 
 /// The override sets a module is checked with: every weight format it takes (float formats 0..3 for the
 /// float-only kernels, quantized 3..=10 for matvec_quant, all 0..=10 for the modules composed with
-/// dequant.wgsl), and for matvec kernels both the decode (TOK = 1) and the prefill (TOK = 8) shapes.
+/// dequant.wgsl), for matvec kernels both the decode (TOK = 1) and the prefill (TOK = 8) shapes and 1, 2
+/// and 4 rows per invocation, the fused variants (NORM, GLU, GATHER, a second format WFMT2), both KV
+/// cache types (KVF) and the q/k norm (QK_NORM).
 fn constants_for(name: &str, module: &naga::Module) -> Vec<PipelineConstants> {
     let has = |n: &str| {
         module
@@ -64,6 +66,61 @@ fn constants_for(name: &str, module: &naga::Module) -> Vec<PipelineConstants> {
                 })
             })
             .collect();
+    }
+    // The fused linear variants the engine builds: plain, the input norm fused, the norm with the
+    // SiLU-gated gate/up epilogue, and the LM head's norm with the output-row gather; each also with a
+    // stacked matrix's second format (WFMT2) where the module has one.
+    if has("NORM") {
+        let fused: [&[(&str, f64)]; 4] = [
+            &[],
+            &[("NORM", 1.0)],
+            &[("NORM", 1.0), ("GLU", 1.0)],
+            &[("NORM", 1.0), ("GATHER", 1.0)],
+        ];
+        sets = sets
+            .into_iter()
+            .flat_map(|c| {
+                fused.iter().map(move |f| {
+                    let mut c = c.clone();
+                    for &(k, v) in *f {
+                        c.insert(k.into(), v);
+                    }
+                    c
+                })
+            })
+            .collect();
+    }
+    if has("WFMT2") {
+        // Q8_0 (code 3) as the second format of every set: the real file's Q5_0 q/k with Q8_0 v.
+        let extra: Vec<PipelineConstants> = sets
+            .iter()
+            .filter(|c| c.get("WFMT").is_some_and(|&f| f >= 3.0) && !c.contains_key("GLU"))
+            .map(|c| {
+                let mut c = c.clone();
+                c.insert("WFMT2".into(), 3.0);
+                c
+            })
+            .collect();
+        for c in &mut sets {
+            let f = c.get("WFMT").copied().unwrap_or(0.0);
+            c.insert("WFMT2".into(), f);
+        }
+        sets.extend(extra);
+    }
+    // Both cache element types, and Qwen3's per-head q/k norm.
+    for (flag, values) in [("KVF", [0.0, 1.0]), ("QK_NORM", [0.0, 1.0])] {
+        if has(flag) {
+            sets = sets
+                .into_iter()
+                .flat_map(|c| {
+                    values.map(|v| {
+                        let mut c = c.clone();
+                        c.insert(flag.into(), v);
+                        c
+                    })
+                })
+                .collect();
+        }
     }
     sets
 }
