@@ -191,3 +191,24 @@ fn no_tokenizer_for_text_prompt() {
         &["no tokenizer", "--prompt-ids"],
     );
 }
+
+/// A GPU error raised outside any error scope (here: a buffer over the device's max_buffer_size) does
+/// not abort the process, as wgpu's default handler would: it is kept, and every later read back
+/// returns it as an error naming what went wrong.
+#[test]
+fn uncaptured_gpu_errors_become_errors_not_aborts() {
+    let Some(gpu) = gpu() else { return };
+    let ok = gpu.storage("fine", 64).unwrap();
+    assert!(gpu.read_buffer(&ok, 0, 16).is_ok());
+    assert!(gpu.check_fault().is_ok());
+    let _too_big = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("too big"),
+        size: gpu.caps.max_buffer_size.saturating_add(1 << 20),
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let e = gpu.check_fault().unwrap_err().to_string();
+    assert_mentions(&e, &["GPU error"]);
+    let e = gpu.read_buffer(&ok, 0, 16).unwrap_err().to_string();
+    assert_mentions(&e, &["GPU error"]);
+}

@@ -72,6 +72,10 @@ pub struct Gpu {
     allocated: std::sync::atomic::AtomicU64,
     /// The driver's compiled pipelines, kept on disk between runs (backends with PIPELINE_CACHE).
     pub pipeline_cache: Option<PipelineCacheFile>,
+    /// The first error the device raised outside an error scope, or its loss: every later read back
+    /// reports it ([`Gpu::check_fault`]) instead of the process aborting (wgpu's default handler
+    /// panics) or hanging.
+    fault: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 /// A `wgpu::PipelineCache` and the file it was read from and is saved to: in the user cache directory
@@ -330,6 +334,26 @@ impl Gpu {
             caps.max_storage_binding >> 20
         );
         let pipeline_cache = open_pipeline_cache(&device, &info);
+        let fault = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+        let keep = |f: &std::sync::Arc<std::sync::Mutex<Option<String>>>, msg: String| {
+            log::error!("{msg}");
+            let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+            f.get_or_insert(msg);
+        };
+        let f = fault.clone();
+        device.on_uncaptured_error(std::sync::Arc::new(move |e: wgpu::Error| {
+            keep(&f, format!("GPU error: {e}"));
+        }));
+        let f = fault.clone();
+        let name = info.name.clone();
+        device.set_device_lost_callback(move |reason, msg| {
+            keep(
+                &f,
+                format!(
+                    "the GPU device '{name}' was lost ({reason:?}: {msg}); glint must be restarted"
+                ),
+            );
+        });
         Ok(Gpu {
             adapter,
             device,
@@ -338,7 +362,42 @@ impl Gpu {
             caps,
             allocated: Default::default(),
             pipeline_cache,
+            fault,
         })
+    }
+
+    /// The device's first uncaptured error or its loss, as an error (None: healthy).
+    pub fn check_fault(&self) -> Result<()> {
+        let f = self.fault.lock().unwrap_or_else(|p| p.into_inner());
+        match &*f {
+            Some(msg) => Err(Error::Gpu(msg.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Create a buffer inside an out-of-memory error scope: a device that cannot allocate it gives
+    /// an error naming the buffer and its size, not a later fault.
+    fn create_checked(
+        &self,
+        label: &str,
+        size: u64,
+        make: impl FnOnce() -> wgpu::Buffer,
+    ) -> Result<wgpu::Buffer> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let b = make();
+        match pollster::block_on(scope.pop()) {
+            None => {
+                self.count(size.max(16));
+                Ok(b)
+            }
+            Some(e) => Err(Error::Gpu(format!(
+                "out of GPU memory creating buffer '{label}' of {:.1} MiB ({:.1} MiB already \
+                 allocated on {}): {e}",
+                size as f64 / (1u64 << 20) as f64,
+                self.allocated_bytes() as f64 / (1u64 << 20) as f64,
+                self.info.name
+            ))),
+        }
     }
 
     /// The pipeline cache to build pipelines with, if any.
@@ -383,7 +442,6 @@ impl Gpu {
         )
     }
 
-    /// A storage buffer holding `data`, checked against the device's binding limit.
     /// Bytes allocated in buffers so far (weights, KV cache, activations, uniforms).
     pub fn allocated_bytes(&self) -> u64 {
         self.allocated.load(std::sync::atomic::Ordering::Relaxed)
@@ -394,32 +452,34 @@ impl Gpu {
             .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// A storage buffer holding `data`, checked against the device's binding limit.
     pub fn storage_init(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
         self.check_binding(label, data.len() as u64)?;
-        self.count(data.len() as u64);
-        Ok(self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: data,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_DST
-                    | wgpu::BufferUsages::COPY_SRC,
-            }))
+        self.create_checked(label, data.len() as u64, || {
+            self.device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some(label),
+                    contents: data,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_DST
+                        | wgpu::BufferUsages::COPY_SRC,
+                })
+        })
     }
 
     /// A zeroed storage buffer of `size` bytes.
     pub fn storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
         self.check_binding(label, size)?;
-        self.count(size.max(16));
-        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: size.max(16),
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_DST
-                | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        }))
+        self.create_checked(label, size, || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: size.max(16),
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_DST
+                    | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            })
+        })
     }
 
     pub fn uniform_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
@@ -463,6 +523,7 @@ impl Gpu {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(format!("poll: {e}")))?;
+        self.check_fault()?;
         rx.recv()
             .map_err(|_| Error::Gpu("map_async callback never ran".into()))?
             .map_err(|e| Error::Gpu(format!("map_async: {e}")))?;
