@@ -50,8 +50,8 @@ enum Cmd {
     },
 }
 
-#[derive(Args, Clone)]
-struct GpuArgs {
+#[derive(Args, Clone, Debug)]
+pub struct GpuArgs {
     /// Graphics API: vulkan, metal, dx12 or gl (default: the best available; WGPU_BACKEND is honoured).
     #[arg(long)]
     backend: Option<String>,
@@ -70,14 +70,6 @@ impl GpuArgs {
                 .transpose()?,
             adapter: self.adapter,
         })
-    }
-}
-
-fn parse_quant(s: &str) -> Result<glint::quant::QuantType, String> {
-    use glint::quant::QuantType as Q;
-    match Q::parse(s) {
-        Some(q @ (Q::Q8_0 | Q::Q4_0 | Q::Q4_K | Q::F16)) => Ok(q),
-        _ => Err(format!("'{s}' is not one of q8_0, q4_0, q4_k, f16")),
     }
 }
 
