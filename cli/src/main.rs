@@ -9,6 +9,7 @@ mod bench;
 mod chat;
 mod generate;
 mod run;
+mod serve;
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +36,9 @@ enum Cmd {
     Run(run::RunArgs),
     /// Chat with a model interactively: multi-turn, the KV cache reused across turns; /help for commands.
     Chat(chat::ChatArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API, decoding several requests at once in
+    /// batched steps (continuous batching).
+    Serve(serve::ServeArgs),
     /// Benchmark a model like llama-bench: prompt processing (pp) and generation (tg) in tokens/s.
     Bench(bench::BenchArgs),
     /// Print the token ids of a text as a JSON array (special tokens written in the text are recognised).
@@ -81,6 +85,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run::run(a),
         Cmd::Chat(a) => chat::chat(a),
         Cmd::Bench(a) => bench::bench(a),
+        Cmd::Serve(a) => serve::serve(a),
         Cmd::Tokenize { model, file, text } => tokenize(model, file, text),
     };
     match result {
