@@ -31,7 +31,7 @@
 
 use glint::bench::{fmt_load, load_average, Machine};
 use glint::gpu::{Gpu, GpuOptions};
-use glint::graph::{Count, Graph, Heads, KvLayer, Linear, Plan, StepBuffers};
+use glint::graph::{Graph, Heads, KvLayer, Linear, Plan, StepBuffers};
 use glint::kernels::{Kernels, Shapes};
 use glint::reference as r;
 use glint::weights::{gpu_row_bytes, HostMatrix, Matrix, QuantType};
@@ -271,7 +271,10 @@ impl Lab {
         };
         bracket(&mut enc, Some(0), None);
         if let Some(p) = plan {
-            p.record(&mut enc, n_tokens, n_tokens);
+            p.record(
+                &mut enc,
+                glint::graph::CallShape::new(n_tokens as usize, n_tokens as usize),
+            );
         }
         if let Some((src, dst)) = copy {
             enc.copy_buffer_to_buffer(src, 0, dst, 0, src.size());
@@ -310,7 +313,7 @@ impl Lab {
         let meta: Vec<[u32; 2]> = (0..n_tokens).map(|t| [0, pos0 + t]).collect();
         let out_rows: Vec<u32> = (0..n_tokens).collect();
         self.step
-            .write(&self.gpu.queue, &meta, &out_rows)
+            .write(&self.gpu.queue, &meta, &out_rows, 1)
             .expect("step");
     }
 
@@ -319,7 +322,7 @@ impl Lab {
         for _ in 0..times {
             record(&mut g);
         }
-        g.finish()
+        g.finish().expect("plan")
     }
 
     /// Run the case once and validate it, then time it (quick mode: the validated run is the timing).
@@ -469,20 +472,15 @@ impl Lab {
                 };
                 let lin = Linear { w, b: None };
                 let (xb, yb) = (self.buf(&x), self.zeros(rows));
-                let row = self.case(
-                    meta,
-                    &self.k_tok,
-                    &|g| g.linear(&lin, &xb, &yb, Count::Tokens),
-                    &|lab| {
-                        let all = lab.read(&yb, 0, rows);
-                        let got: Vec<f32> = match &keep {
-                            None => all,
-                            Some(k) => k.iter().map(|&i| all[i]).collect(),
-                        };
-                        let want = r::linear(&seen, cols, &x, None, None);
-                        check_linear(&got, &want, &seen, cols, &x)
-                    },
-                );
+                let row = self.case(meta, &self.k_tok, &|g| g.linear(&lin, &xb, &yb), &|lab| {
+                    let all = lab.read(&yb, 0, rows);
+                    let got: Vec<f32> = match &keep {
+                        None => all,
+                        Some(k) => k.iter().map(|&i| all[i]).collect(),
+                    };
+                    let want = r::linear(&seen, cols, &x, None, None);
+                    check_linear(&got, &want, &seen, cols, &x)
+                });
                 self.rows.push(row);
             }
         }
@@ -563,7 +561,7 @@ impl Lab {
                             ..meta(tiled)
                         },
                         k,
-                        &|g| g.linear(&lin, &xb, &yb, Count::Tokens),
+                        &|g| g.linear(&lin, &xb, &yb),
                         &|lab| {
                             let got: Vec<f32> = sample
                                 .iter()
@@ -611,15 +609,17 @@ impl Lab {
             let kc = rng.vec(ctx * kvd, 1.0);
             let vc = rng.vec(ctx * kvd, 1.0);
             let (qb, out) = (self.buf(&q), self.zeros(qd));
+            let part = self.zeros(N_HEADS * 16 * (HEAD_DIM + 2));
             let cache = KvLayer {
                 k: self.buf(&kc),
                 v: self.buf(&vc),
                 slot_rows: ctx,
+                kv_type: glint::kernels::KvType::F32,
             };
             let row = self.case(
                 meta,
                 &self.k_tok,
-                &|g| g.attention(&qb, qd, &cache, &out, heads),
+                &|g| g.attention(&qb, qd, &cache, &out, &part, heads),
                 &|lab| {
                     let want = r::attention(&q, &kc, &vc, N_HEADS, N_KV, HEAD_DIM, ctx - 1);
                     check_close(&lab.read(&out, 0, qd), &want, 0.0, 1e-5)
@@ -693,6 +693,7 @@ impl Lab {
                 k: self.zeros(ctx * kvd),
                 v: self.zeros(ctx * kvd),
                 slot_rows: ctx,
+                kv_type: glint::kernels::KvType::F32,
             };
             let row = self.case(
                 meta,

@@ -13,8 +13,8 @@
 //   4 out     storage  array<f32>   [n_tokens, cols]
 // Workgroup: 64 invocations along cols, one element each; grid (ceil(cols / 64), n_tokens).
 // WFMT: 0 = f32, 1 = f16, 2 = bf16, 3..10 = Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K (glint::weights::wfmt).
-// Quantized elements are decoded by dq_elem from dequant.wgsl (appended at pipeline creation), with the
-// operations of the CPU reference: the output equals the dequantized row bit for bit.
+// Elements are decoded by w_elem from dequant.wgsl (appended at pipeline creation), with the operations
+// of the CPU reference: the output equals the dequantized row bit for bit.
 
 override WFMT: u32 = 0u;
 
@@ -23,24 +23,6 @@ override WFMT: u32 = 0u;
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;
 @group(0) @binding(3) var<storage, read> w: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
-
-fn load(i: u32) -> f32 {
-    switch WFMT {
-        case WFMT_F16: {
-            return unpack2x16float(w[i / 2u])[i % 2u];
-        }
-        case WFMT_BF16: {
-            let v = w[i / 2u];
-            return bitcast<f32>(select(v << 16u, v & 0xffff0000u, (i % 2u) == 1u));
-        }
-        case WFMT_F32: {
-            return bitcast<f32>(w[i]);
-        }
-        default: {
-            return dq_elem(i);
-        }
-    }
-}
 
 @compute @workgroup_size(64)
 fn embed(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -53,5 +35,5 @@ fn embed(@builtin(global_invocation_id) gid: vec3<u32>) {
     if id < p.row_start || id >= p.row_start + p.rows {
         return;
     }
-    out[t * p.cols + c] = load((id - p.row_start) * p.cols + c);
+    out[t * p.cols + c] = w_elem(WFMT, 0u, (id - p.row_start) * p.cols + c);
 }

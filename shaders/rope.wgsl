@@ -11,6 +11,7 @@
 // on the CPU in f64 (exact for every position, unlike f32 angles on the GPU).
 // QK_NORM (Qwen3): before the rotation each q / k head becomes w * x / sqrt(mean(x^2) + eps), w the
 // layer's q_norm / k_norm weight [head_dim], in f32 as transformers' RMSNorm.
+// KVF: the cache holds f32 (one word per element) or f16 (two per word, element 2i in the low half).
 //
 // Bindings (group 0):
 //   0 p        uniform  RopeParams
@@ -21,14 +22,15 @@
 //                                   k [n_kv_heads * head_dim] after it, v after k
 //   5 q_norm   storage  array<f32>  [head_dim]   (read only when QK_NORM)
 //   6 k_norm   storage  array<f32>  [head_dim]   (read only when QK_NORM)
-//   7 k_cache  storage  array<f32>  [slots * slot_rows, n_kv_heads * head_dim]
-//   8 v_cache  storage  array<f32>  [slots * slot_rows, n_kv_heads * head_dim]
+//   7 k_cache  storage  array<u32>  [slots * slot_rows, n_kv_heads * head_dim] elements, format KVF
+//   8 v_cache  storage  array<u32>  [slots * slot_rows, n_kv_heads * head_dim] elements, format KVF
 // Workgroup: 64 invocations, one per (token, head j): j < n_heads a q head, else k / v head j - n_heads.
 // Each invocation owns its head (the norm reads the whole head before the rotation writes it), so there
 // is no barrier. Grid (ceil((n_heads + n_kv_heads) / 64), n_tokens).
 // Shared structs come from the prelude (engine/src/uniforms.rs).
 
 override QK_NORM: bool = false;
+override KVF: u32 = KV_F32;
 
 @group(0) @binding(0) var<uniform> p: RopeParams;
 @group(0) @binding(1) var<uniform> step: Step;
@@ -37,8 +39,8 @@ override QK_NORM: bool = false;
 @group(0) @binding(4) var<storage, read_write> qkv: array<f32>;
 @group(0) @binding(5) var<storage, read> q_norm: array<f32>;
 @group(0) @binding(6) var<storage, read> k_norm: array<f32>;
-@group(0) @binding(7) var<storage, read_write> k_cache: array<f32>;
-@group(0) @binding(8) var<storage, read_write> v_cache: array<f32>;
+@group(0) @binding(7) var<storage, read_write> k_cache: array<u32>;
+@group(0) @binding(8) var<storage, read_write> v_cache: array<u32>;
 
 // 1 / sqrt(mean(x^2) + eps) over the head at qkv[base ..].
 fn head_inv_rms(base: u32) -> f32 {
@@ -100,18 +102,31 @@ fn rope_store(@builtin(global_invocation_id) gid: vec3<u32>) {
     let kvd = p.n_kv_heads * hd;
     let kbase = row + p.n_heads * hd + kh * hd;
     let vbase = kbase + kvd;
+    // The head's first element in the cache (elements; f16: two per word, hd is even).
     let cache = (m.x * p.slot_rows + m.y) * kvd + kh * hd;
     var inv = 1.0;
     if QK_NORM {
         inv = head_inv_rms(kbase);
     }
-    for (var i = 0u; i < half; i = i + 1u) {
-        let v = head_pair(kbase, i, half, inv, false);
-        let cs = table[cs_base + i];
-        k_cache[cache + i] = v.x * cs.x - v.y * cs.y;
-        k_cache[cache + i + half] = v.y * cs.x + v.x * cs.y;
-    }
-    for (var i = 0u; i < hd; i = i + 1u) {
-        v_cache[cache + i] = qkv[vbase + i];
+    // Rotated k element e: the pair (i, i + half) gives elements i and i + half.
+    for (var e = 0u; e < hd; e = e + 2u) {
+        var k2: vec2<f32>;
+        for (var c = 0u; c < 2u; c = c + 1u) {
+            let el = e + c;
+            let i = el % half;
+            let v = head_pair(kbase, i, half, inv, false);
+            let cs = table[cs_base + i];
+            k2[c] = select(v.x * cs.x - v.y * cs.y, v.y * cs.x + v.x * cs.y, el >= half);
+        }
+        let v2 = vec2<f32>(qkv[vbase + e], qkv[vbase + e + 1u]);
+        if KVF == KV_F16 {
+            k_cache[(cache + e) / 2u] = pack2x16float(k2);
+            v_cache[(cache + e) / 2u] = pack2x16float(v2);
+        } else {
+            k_cache[cache + e] = bitcast<u32>(k2.x);
+            k_cache[cache + e + 1u] = bitcast<u32>(k2.y);
+            v_cache[cache + e] = bitcast<u32>(v2.x);
+            v_cache[cache + e + 1u] = bitcast<u32>(v2.y);
+        }
     }
 }

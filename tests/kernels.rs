@@ -4,9 +4,11 @@
 //! 1e-5 relative.
 
 mod common;
+use common::kernel_ctx::Ctx;
 use common::kernel_ctx::{ctx, ctx_with, linear_case};
-use common::{max_abs_diff, run, run_meta, Rng};
+use common::{max_abs_diff, run, run_meta, run_split, Rng, KV_TYPES};
 use glint::graph::{Heads, KvLayer};
+use glint::kernels::KvType;
 use glint::reference as r;
 use glint::weights::{gpu_row_bytes, FLOATS};
 
@@ -36,7 +38,13 @@ fn embed_all_formats_and_split_table() {
             .unwrap();
         let mut g = c.graph();
         g.embed(&m, &tok_buf, &out);
-        run(&c.gpu, &g.finish(), &c.step, tokens.len() as u32, 0);
+        run(
+            &c.gpu,
+            &g.finish().unwrap(),
+            &c.step,
+            tokens.len() as u32,
+            0,
+        );
         assert_eq!(
             c.read(&out, tokens.len() * cols),
             r::embed(&seen, cols, &tokens),
@@ -60,7 +68,7 @@ fn rmsnorm_rows() {
     );
     let mut g = c.graph();
     g.rms_norm(&xb, &wb, &yb, cols, 1e-6);
-    run(&c.gpu, &g.finish(), &c.step, n as u32, 0);
+    run(&c.gpu, &g.finish().unwrap(), &c.step, n as u32, 0);
     let got = c.read(&yb, n * cols);
     let want = r::rms_norm(&x, &w, 1e-6);
     for (a, b) in got.iter().zip(&want) {
@@ -122,100 +130,160 @@ fn pack_qkv(q: &[f32], k: &[f32], v: &[f32], n: usize) -> Vec<f32> {
     out
 }
 
+/// A KV cache buffer holding `v` as `kv` elements (f16: two per word), and the values the kernels read
+/// back from it (rounded to f16 for an f16 cache).
+fn kv_buf(c: &Ctx, v: &[f32], kv: KvType) -> (wgpu::Buffer, Vec<f32>) {
+    match kv {
+        KvType::F32 => (c.buf(v), v.to_vec()),
+        KvType::F16 => {
+            let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+            let seen = h.iter().map(|x| x.to_f32()).collect();
+            let b = c.gpu.storage_init("kv", bytemuck::cast_slice(&h)).unwrap();
+            (b, seen)
+        }
+    }
+}
+
+/// `n` elements of a KV cache buffer, as f32.
+fn kv_read(c: &Ctx, b: &wgpu::Buffer, n: usize, kv: KvType) -> Vec<f32> {
+    match kv {
+        KvType::F32 => c.read(b, n),
+        KvType::F16 => {
+            let bytes = c.gpu.read_buffer(b, 0, (n * 2) as u64).unwrap();
+            let h: Vec<half::f16> = bytemuck::pod_collect_to_vec(&bytes);
+            h.iter().map(|x| x.to_f32()).collect()
+        }
+    }
+}
+
+/// |got - want| within f32 rounding (f32 cache) or f16 rounding (f16 cache: 2^-11 relative).
+fn kv_close(what: &str, got: &[f32], want: &[f32], kv: KvType) {
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        let tol = match kv {
+            KvType::F32 => 1e-5,
+            KvType::F16 => 1e-3 * b.abs() + 1e-5,
+        };
+        assert!((a - b).abs() <= tol, "{what} [{i}]: {a} vs {b}");
+    }
+}
+
+fn heads_0_5b() -> Heads {
+    Heads {
+        n_heads: 14,
+        n_kv_heads: 2,
+        head_dim: 64,
+    }
+}
+
 /// RoPE of q (in place in the qkv rows) and of k with the KV-cache write, one dispatch; with and
-/// without the per-head q/k RMSNorm of Qwen3.
+/// without the per-head q/k RMSNorm of Qwen3, into f32 and f16 caches.
 #[test]
 fn rope_store_with_and_without_qk_norm() {
     let Some(c) = ctx() else { return };
     let mut rng = Rng::new(3);
-    let heads = Heads {
-        n_heads: 14,
-        n_kv_heads: 2,
-        head_dim: 64,
-    };
+    let heads = heads_0_5b();
     let (nh, nkv, hd) = (heads.n_heads, heads.n_kv_heads, heads.head_dim);
     let (n, pos0, ctx_len) = (5, 11, 32);
     let theta = 1e6;
     let eps = 1e-6;
     let table = c.buf(&glint::graph::rope_table(ctx_len, hd, theta));
-    for qk_norm in [false, true] {
-        let q = rng.vec(n * nh * hd, 1.0);
-        let k = rng.vec(n * nkv * hd, 1.0);
-        let v = rng.vec(n * nkv * hd, 1.0);
-        let (qw, kw) = (rng.vec(hd, 1.0), rng.vec(hd, 1.0));
-        let qkv = c.buf(&pack_qkv(&q, &k, &v, n));
-        let w = nkv * hd;
-        let cache = KvLayer {
-            k: c.gpu.storage("kc", (ctx_len * w * 4) as u64).unwrap(),
-            v: c.gpu.storage("vc", (ctx_len * w * 4) as u64).unwrap(),
-            slot_rows: ctx_len,
-        };
-        let (qn, kn) = (c.buf(&qw), c.buf(&kw));
-        let mut g = c.graph();
-        g.rope_store(
-            &qkv,
-            qk_norm.then_some((&qn, &kn)),
-            eps,
-            &table,
-            &cache,
-            heads,
-        );
-        run(&c.gpu, &g.finish(), &c.step, n as u32, pos0 as u32);
-        let (mut q_ref, mut k_ref) = (q.clone(), k.clone());
-        if qk_norm {
-            r::head_rms_norm(&mut q_ref, hd, &qw, eps);
-            r::head_rms_norm(&mut k_ref, hd, &kw, eps);
+    for kv in KV_TYPES {
+        for qk_norm in [false, true] {
+            let q = rng.vec(n * nh * hd, 1.0);
+            let k = rng.vec(n * nkv * hd, 1.0);
+            let v = rng.vec(n * nkv * hd, 1.0);
+            let (qw, kw) = (rng.vec(hd, 1.0), rng.vec(hd, 1.0));
+            let qkv = c.buf(&pack_qkv(&q, &k, &v, n));
+            let w = nkv * hd;
+            let zeros = vec![0f32; ctx_len * w];
+            let cache = KvLayer {
+                k: kv_buf(&c, &zeros, kv).0,
+                v: kv_buf(&c, &zeros, kv).0,
+                slot_rows: ctx_len,
+                kv_type: kv,
+            };
+            let (qn, kn) = (c.buf(&qw), c.buf(&kw));
+            let mut g = c.graph();
+            g.rope_store(
+                &qkv,
+                qk_norm.then_some((&qn, &kn)),
+                eps,
+                &table,
+                &cache,
+                heads,
+            );
+            run(&c.gpu, &g.finish().unwrap(), &c.step, n as u32, pos0 as u32);
+            let (mut q_ref, mut k_ref) = (q.clone(), k.clone());
+            if qk_norm {
+                r::head_rms_norm(&mut q_ref, hd, &qw, eps);
+                r::head_rms_norm(&mut k_ref, hd, &kw, eps);
+            }
+            r::rope(&mut q_ref, nh, hd, pos0, theta);
+            r::rope(&mut k_ref, nkv, hd, pos0, theta);
+            let got = c.read(&qkv, n * heads.qkv_dim());
+            let q_got: Vec<f32> = got
+                .chunks(heads.qkv_dim())
+                .flat_map(|row| row[..nh * hd].to_vec())
+                .collect();
+            let what = format!("{kv:?} qk_norm {qk_norm}");
+            assert!(max_abs_diff(&q_got, &q_ref) < 1e-5, "q, {what}");
+            let kc = kv_read(&c, &cache.k, ctx_len * w, kv);
+            let vc = kv_read(&c, &cache.v, ctx_len * w, kv);
+            kv_close(
+                &format!("k, {what}"),
+                &kc[pos0 * w..(pos0 + n) * w],
+                &k_ref,
+                kv,
+            );
+            kv_close(&format!("v, {what}"), &vc[pos0 * w..(pos0 + n) * w], &v, kv);
+            assert!(
+                kc[..pos0 * w].iter().all(|&x| x == 0.0),
+                "rows before pos0 untouched"
+            );
         }
-        r::rope(&mut q_ref, nh, hd, pos0, theta);
-        r::rope(&mut k_ref, nkv, hd, pos0, theta);
-        let got = c.read(&qkv, n * heads.qkv_dim());
-        let q_got: Vec<f32> = got
-            .chunks(heads.qkv_dim())
-            .flat_map(|row| row[..nh * hd].to_vec())
-            .collect();
-        assert!(max_abs_diff(&q_got, &q_ref) < 1e-5, "q, qk_norm {qk_norm}");
-        let kc_got = c.read(&cache.k, ctx_len * w);
-        let vc_got = c.read(&cache.v, ctx_len * w);
-        let d = max_abs_diff(&kc_got[pos0 * w..(pos0 + n) * w], &k_ref);
-        assert!(d < 1e-5, "k, qk_norm {qk_norm}: {d}");
-        assert_eq!(&vc_got[pos0 * w..(pos0 + n) * w], &v[..]);
-        assert!(
-            kc_got[..pos0 * w].iter().all(|&x| x == 0.0),
-            "rows before pos0 untouched"
-        );
     }
 }
 
+/// Attention over f32 and f16 caches, whole and split-K (3 and 16 key ranges reduced), for prefill
+/// from 0, prefill after a cached prefix, and decode over several key tiles.
 #[test]
 fn attention_gqa_decode_and_prefill() {
     let Some(c) = ctx() else { return };
     let mut rng = Rng::new(4);
-    let (nh, nkv, hd) = (14, 2, 64);
-    // (queries, position of the first query): prefill from 0, prefill after a cached prefix, and
-    // decode over several key tiles.
-    for (n, pos0) in [(7, 0), (5, 40), (1, 300)] {
-        let keys = pos0 + n;
-        let q = rng.vec(n * nh * hd, 1.0);
-        let k = rng.vec(keys * nkv * hd, 1.0);
-        let v = rng.vec(keys * nkv * hd, 1.0);
-        let (qb, kb, vb) = (c.buf(&q), c.buf(&k), c.buf(&v));
-        let out = c.gpu.storage("out", (n * nh * hd * 4) as u64).unwrap();
-        let cache = KvLayer {
-            k: kb,
-            v: vb,
-            slot_rows: keys,
-        };
-        let heads = Heads {
-            n_heads: nh,
-            n_kv_heads: nkv,
-            head_dim: hd,
-        };
-        let mut g = c.graph();
-        g.attention(&qb, nh * hd, &cache, &out, heads);
-        run(&c.gpu, &g.finish(), &c.step, n as u32, pos0 as u32);
-        let want = r::attention(&q, &k, &v, nh, nkv, hd, pos0);
-        let d = max_abs_diff(&c.read(&out, n * nh * hd), &want);
-        assert!(d < 1e-5, "attention n={n} pos0={pos0}: max diff {d}");
+    let heads = heads_0_5b();
+    let (nh, nkv, hd) = (heads.n_heads, heads.n_kv_heads, heads.head_dim);
+    for kv in KV_TYPES {
+        for splits in [1, 3, 16] {
+            for (n, pos0) in [(7, 0), (5, 40), (1, 300)] {
+                let keys = pos0 + n;
+                let q = rng.vec(n * nh * hd, 1.0);
+                let (kb, k) = kv_buf(&c, &rng.vec(keys * nkv * hd, 1.0), kv);
+                let (vb, v) = kv_buf(&c, &rng.vec(keys * nkv * hd, 1.0), kv);
+                let qb = c.buf(&q);
+                let out = c.gpu.storage("out", (n * nh * hd * 4) as u64).unwrap();
+                let part = c
+                    .gpu
+                    .storage("part", (n * nh * 16 * (hd + 2) * 4) as u64)
+                    .unwrap();
+                let cache = KvLayer {
+                    k: kb,
+                    v: vb,
+                    slot_rows: keys,
+                    kv_type: kv,
+                };
+                let mut g = c.graph();
+                g.attention(&qb, nh * hd, &cache, &out, &part, heads);
+                let plan = g.finish().unwrap();
+                let meta: Vec<[u32; 2]> = (0..n as u32).map(|t| [0, pos0 as u32 + t]).collect();
+                run_split(&c.gpu, &plan, &c.step, &meta, &[], splits);
+                let want = r::attention(&q, &k, &v, nh, nkv, hd, pos0);
+                let d = max_abs_diff(&c.read(&out, n * nh * hd), &want);
+                assert!(
+                    d < 1e-5,
+                    "attention {kv:?} splits {splits} n={n} pos0={pos0}: max diff {d}"
+                );
+            }
+        }
     }
 }
 
@@ -229,7 +297,7 @@ fn silu_mul_elementwise() {
     let (gb, ub) = (c.buf(&gate), c.buf(&up));
     let mut g = c.graph();
     g.silu_mul(&gb, &ub, cols);
-    run(&c.gpu, &g.finish(), &c.step, n as u32, 0);
+    run(&c.gpu, &g.finish().unwrap(), &c.step, n as u32, 0);
     let want = r::silu_mul(&gate, &up);
     for (a, b) in c.read(&gb, n * cols).iter().zip(&want) {
         assert!(
@@ -255,7 +323,7 @@ fn argmax_masks_and_breaks_ties_low() {
     let (lb, out) = (c.buf(&logits), c.gpu.storage("out", 8).unwrap());
     let mut g = c.graph();
     g.argmax(&lb, n, n_valid, &out);
-    run(&c.gpu, &g.finish(), &c.step, 2, 0);
+    run(&c.gpu, &g.finish().unwrap(), &c.step, 2, 0);
     let got: Vec<u32> = bytemuck::pod_collect_to_vec(&c.gpu.read_buffer(&out, 0, 8).unwrap());
     assert_eq!(got, [77, 4242]);
     assert_eq!(r::argmax(&logits[..n], n_valid), 77);
@@ -278,7 +346,7 @@ fn rmsnorm_of_output_rows() {
     g.rms_norm_outputs(&xb, &wb, &yb, cols, 1e-6);
     let meta: Vec<[u32; 2]> = (0..n as u32).map(|t| [0, t]).collect();
     let rows = [5u32, 1, 3];
-    run_meta(&c.gpu, &g.finish(), &c.step, &meta, &rows);
+    run_meta(&c.gpu, &g.finish().unwrap(), &c.step, &meta, &rows);
     let got = c.read(&yb, rows.len() * cols);
     let want = r::rms_norm(&x, &w, 1e-6);
     for (o, &r) in rows.iter().enumerate() {
@@ -303,11 +371,7 @@ fn rmsnorm_of_output_rows() {
 fn rope_kv_and_attention_of_several_sequences_in_one_call() {
     let Some(c) = ctx() else { return };
     let mut rng = Rng::new(8);
-    let heads = Heads {
-        n_heads: 14,
-        n_kv_heads: 2,
-        head_dim: 64,
-    };
+    let heads = heads_0_5b();
     let (nh, nkv, hd, slot_rows) = (14, 2, 64, 80);
     let theta = 1e6;
     let slots = 3;
@@ -339,12 +403,18 @@ fn rope_kv_and_attention_of_several_sequences_in_one_call() {
         k: c.buf(&k_cache),
         v: c.buf(&v_cache),
         slot_rows,
+        kv_type: KvType::F32,
     };
     let out = c.gpu.storage("out", (n * nh * hd * 4) as u64).unwrap();
+    let part = c
+        .gpu
+        .storage("part", (n * nh * 16 * (hd + 2) * 4) as u64)
+        .unwrap();
     let mut g = c.graph();
     g.rope_store(&qkv, None, 0.0, &table, &cache, heads);
-    g.attention(&qkv, heads.qkv_dim(), &cache, &out, heads);
-    run_meta(&c.gpu, &g.finish(), &c.step, &meta, &[]);
+    g.attention(&qkv, heads.qkv_dim(), &cache, &out, &part, heads);
+    // Split-K over 2 key ranges: each sequence's ranges are its own.
+    run_split(&c.gpu, &g.finish().unwrap(), &c.step, &meta, &[], 2);
     let got = c.read(&out, n * nh * hd);
     // The reference, sequence by sequence.
     let mut t0 = 0;

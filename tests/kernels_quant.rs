@@ -13,7 +13,7 @@
 mod common;
 use common::kernel_ctx::{check_output, ctx_with, linear_case};
 use common::{run, Rng};
-use glint::graph::{Count, Linear};
+use glint::graph::Linear;
 use glint::kernels::Reduce;
 use glint::quant::QuantType;
 use glint::reference as r;
@@ -67,7 +67,7 @@ fn matvec_quant_workgroup_shapes() {
     ];
     for (shared, rows_per_inv) in shapes {
         let Some(c) = ctx_with(|s| {
-            s.quant_rows = rows_per_inv;
+            s.lane_rows = rows_per_inv;
             s.tiled_from = None;
             if let Some((tpr, wg)) = shared {
                 s.reduce = Reduce::Shared;
@@ -151,8 +151,8 @@ fn matvec_q8_0_lm_head_real_shape() {
     let xb = c.buf(&x);
     let yb = c.gpu.storage("logits", (rows * 4) as u64).unwrap();
     let mut g = c.graph();
-    g.linear(&lin, &xb, &yb, Count::Tokens);
-    run(&c.gpu, &g.finish(), &c.step, 1, 0);
+    g.linear(&lin, &xb, &yb);
+    run(&c.gpu, &g.finish().unwrap(), &c.step, 1, 0);
     let got = c.read(&yb, rows);
     for n in sample {
         let w = r::decode_weights(f, &bytes[n * row_bytes..(n + 1) * row_bytes]);
@@ -190,7 +190,13 @@ fn embed_quant_rows_bit_exact() {
             .unwrap();
         let mut g = c.graph();
         g.embed(&m, &tok_buf, &out);
-        run(&c.gpu, &g.finish(), &c.step, tokens.len() as u32, 0);
+        run(
+            &c.gpu,
+            &g.finish().unwrap(),
+            &c.step,
+            tokens.len() as u32,
+            0,
+        );
         let got = c.read(&out, tokens.len() * cols);
         let want = r::embed(&seen, cols, &tokens);
         for (i, (a, b)) in got.iter().zip(&want).enumerate() {
@@ -212,16 +218,16 @@ fn embed_quant_rows_bit_exact() {
 /// 8-token prefill. The formats take turns, round after round, and the fastest and the median round are
 /// printed (the machine may be shared: the minimum is the steadier figure). Printed, never asserted:
 /// `-- --nocapture` to see it. GLINT_TIMING_ITERS=n rounds (default 5); GLINT_QUANT_ROWS=r overrides
-/// Shapes::quant_rows.
+/// Shapes::lane_rows.
 #[test]
 fn matvec_timing_by_format() {
-    let quant_rows: Option<u32> = std::env::var("GLINT_QUANT_ROWS")
+    let lane_rows: Option<u32> = std::env::var("GLINT_QUANT_ROWS")
         .ok()
         .and_then(|v| v.parse().ok());
     let Some(c) = ctx_with(|s| {
         s.tiled_from = None;
-        if let Some(r) = quant_rows {
-            s.quant_rows = r;
+        if let Some(r) = lane_rows {
+            s.lane_rows = r;
         }
     }) else {
         return;
@@ -232,9 +238,9 @@ fn matvec_timing_by_format() {
         .unwrap_or(5)
         .max(1);
     println!(
-        "matvec, ms per dispatch, min / median of {iters} ({}, quant_rows {})",
+        "matvec, ms per dispatch, min / median of {iters} ({}, lane_rows {})",
         c.gpu.describe(),
-        c.k.shapes.quant_rows
+        c.k.shapes.lane_rows
     );
     for n in [1, 8] {
         for (rows, cols) in [(4864, 896), (896, 4864)] {
@@ -251,8 +257,8 @@ fn matvec_timing_by_format() {
                     let (m, _) = c.matrix(&mut rng, f, rows, cols, u64::MAX);
                     let lin = Linear { w: m, b: None };
                     let mut g = c.graph();
-                    g.linear(&lin, &xb, &yb, Count::Tokens);
-                    let plan = g.finish();
+                    g.linear(&lin, &xb, &yb);
+                    let plan = g.finish().unwrap();
                     // Warm-up: the driver compiles on first use.
                     run(&c.gpu, &plan, &c.step, n as u32, 0);
                     (f, plan, Vec::new())

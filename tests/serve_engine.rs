@@ -5,6 +5,7 @@
 mod common;
 use common::{fixture, gpu};
 use glint::engine::{Logprobs, SeqSample, SeqStep};
+use glint::kernels::KvType;
 use glint::sampler::SamplingParams;
 use glint::{LoadOptions, Model};
 use serde_json::Value;
@@ -27,6 +28,8 @@ fn step_logprobs_match_a_cpu_log_softmax_of_transformers_logits() {
     let opts = LoadOptions {
         slots: 2,
         batch: 64,
+        // The goldens are float64: the f32 cache (f16's rounding is tested in tests/tiny_models.rs).
+        kv_type: Some(KvType::F32),
         ..Default::default()
     };
     let mut m = Model::load(&fixture("tiny-qwen2"), opts).unwrap();

@@ -8,6 +8,7 @@
 
 mod common;
 use common::{fixture, gpu};
+use glint::kernels::KvType;
 use glint::{Flow, LoadOptions, Model};
 use serde_json::Value;
 
@@ -65,6 +66,8 @@ fn load(model: &str, batch: usize) -> Option<Model> {
     gpu()?; // skip (locally) or fail (CI) with a clear message when there is no adapter
     let opts = LoadOptions {
         batch,
+        // The goldens are float64: the f32 cache (f16's rounding is tested against it below).
+        kv_type: Some(KvType::F32),
         ..Default::default()
     };
     Some(Model::load(&fixture(model), opts).unwrap())
@@ -352,6 +355,7 @@ fn load_slots(model: &str, slots: usize, batch: usize) -> Option<Model> {
     let opts = LoadOptions {
         batch,
         slots,
+        kv_type: Some(KvType::F32),
         ..Default::default()
     };
     Some(Model::load(&fixture(model), opts).unwrap())
@@ -411,5 +415,45 @@ fn batched_sampling_equals_each_sequence_alone() {
             .generate_with(&c.input, &opts, |_| Flow::Continue)
             .unwrap();
         assert_eq!(got, &alone.tokens, "input of length {}", c.input.len());
+    }
+}
+
+/// The f16 KV cache against the f32 one on every family: logits at every position of the 33-id input
+/// within 2e-2 of the f32 cache's (f16 keeps 11 bits: K and V rounded to 2^-11 relative move these
+/// random models' logits by a few 1e-3), and the greedy ids equal where the golden margins allow.
+#[test]
+fn f16_kv_cache_is_within_tolerance_of_f32() {
+    for model in ["tiny-qwen2", "tiny-qwen2-hd128", "tiny-qwen3", "tiny-llama"] {
+        let Some(mut f32_model) = load(model, 64) else {
+            return;
+        };
+        let opts = LoadOptions {
+            batch: 64,
+            kv_type: Some(KvType::F16),
+            ..Default::default()
+        };
+        let mut f16_model = Model::load(&fixture(model), opts).unwrap();
+        assert_eq!(
+            f16_model.kv_bytes() * 2,
+            f32_model.kv_bytes(),
+            "half the memory"
+        );
+        let c = &cases(model)[2];
+        let a = f32_model.forward_all_logits(&c.input).unwrap();
+        let b = f16_model.forward_all_logits(&c.input).unwrap();
+        let mut worst = 0f32;
+        for (ra, rb) in a.iter().zip(&b) {
+            worst = worst.max(common::max_abs_diff(ra, rb));
+        }
+        println!("{model}: f16 vs f32 KV cache, max |logit diff| {worst:.2e}");
+        assert!(
+            worst < 2e-2,
+            "{model}: f16 KV cache moves logits by {worst}"
+        );
+        f16_model.reset();
+        let g = f16_model
+            .generate(&c.input, c.greedy.len(), |_| Flow::Continue)
+            .unwrap();
+        assert_eq!(g.tokens, c.greedy, "{model}: greedy ids with the f16 cache");
     }
 }

@@ -134,7 +134,35 @@ impl ModelConfig {
         Ok(cfg)
     }
 
+    /// Checks that the model can be built from these values: every size positive, the head counts
+    /// compatible, the norm epsilon and RoPE base usable numbers (a negative epsilon or a NaN base
+    /// would give NaN logits, not an error), and the sizes derived from them representable.
     pub fn validate(&self) -> std::result::Result<(), String> {
+        for (field, v) in [
+            ("hidden_size", self.hidden),
+            ("intermediate_size", self.intermediate),
+            ("num_hidden_layers", self.n_layers),
+            ("num_attention_heads", self.n_heads),
+            ("num_key_value_heads", self.n_kv_heads),
+            ("head_dim", self.head_dim),
+            ("vocab_size", self.vocab),
+        ] {
+            if v == 0 {
+                return Err(format!("{field} is 0, expected a positive integer"));
+            }
+        }
+        if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
+            return Err(format!(
+                "rms_norm_eps {} must be a finite value >= 0",
+                self.rms_eps
+            ));
+        }
+        if !(self.rope.theta.is_finite() && self.rope.theta > 0.0) {
+            return Err(format!(
+                "rope_theta {} must be a finite value > 0",
+                self.rope.theta
+            ));
+        }
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
@@ -146,6 +174,33 @@ impl ModelConfig {
                 "head_dim {} must be a multiple of 4 and at most 256",
                 self.head_dim
             ));
+        }
+        // Byte sizes of the largest buffers (f32): the embedding, an MLP matrix, a Q projection and
+        // the KV cache of one token.
+        let sizes: [(&str, &[usize]); 4] = [
+            ("vocab_size x hidden_size", &[self.vocab, self.hidden, 4]),
+            (
+                "intermediate_size x hidden_size",
+                &[self.intermediate, self.hidden, 4],
+            ),
+            (
+                "num_attention_heads x head_dim",
+                &[self.n_heads, self.head_dim, 4],
+            ),
+            (
+                "num_hidden_layers x num_key_value_heads x head_dim",
+                &[self.n_layers, self.n_kv_heads, self.head_dim, 8],
+            ),
+        ];
+        for (what, factors) in sizes {
+            if factors
+                .iter()
+                .try_fold(1usize, |a, &b| a.checked_mul(b))
+                .is_none()
+            {
+                let values = &factors[..factors.len() - 1];
+                return Err(format!("{what} = {values:?} overflows: not a real model"));
+            }
         }
         Ok(())
     }
@@ -159,9 +214,10 @@ impl ModelConfig {
         }
     }
 
-    /// KV cache bytes per token (f32 K and V, all layers).
-    pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.n_layers * self.n_kv_heads * self.head_dim * 4
+    /// KV cache bytes per token (K and V, all layers). Cannot overflow for a config that
+    /// [`validate`](Self::validate) accepted.
+    pub fn kv_bytes_per_token(&self, kv: crate::kernels::KvType) -> usize {
+        2 * self.n_layers * self.n_kv_heads * self.head_dim * kv.bytes()
     }
 }
 
@@ -248,9 +304,13 @@ pub struct GenerationConfig {
 
 impl GenerationConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let v = read_json(path)?;
+        Ok(Self::from_json(&read_json(path)?))
+    }
+
+    /// The fields of a parsed generation_config.json; absent or mistyped fields are `None`.
+    pub fn from_json(v: &Value) -> Self {
         let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).map(|x| x as f32);
-        Ok(GenerationConfig {
+        GenerationConfig {
             eos: id_list(v.get("eos_token_id")),
             do_sample: v.get("do_sample").and_then(|x| x.as_bool()),
             temperature: f("temperature"),
@@ -258,6 +318,6 @@ impl GenerationConfig {
             top_p: f("top_p"),
             min_p: f("min_p"),
             repetition_penalty: f("repetition_penalty"),
-        })
+        }
     }
 }

@@ -11,9 +11,9 @@ use crate::config::{GenerationConfig, ModelConfig};
 use crate::error::{Error, Result};
 use crate::gguf_loader::GgufModel;
 use crate::gpu::{Gpu, GpuOptions};
-use crate::graph::{Activations, Graph, KvCache, Plan, StepBuffers};
-use crate::kernels::{Kernels, Shapes};
-use crate::model::{Decoder, WeightSource, Weights};
+use crate::graph::{Activations, CallShape, Graph, KvCache, Plan, StepBuffers};
+use crate::kernels::{Kernels, KvType, Shapes};
+use crate::model::{Decoder, Fusion, WeightSource, Weights};
 use crate::quant::QuantType;
 use crate::safetensors_loader::SafetensorsWeights;
 use crate::sampler::{
@@ -26,6 +26,9 @@ use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
+
+/// Adjusts the device's kernel shapes before the pipelines are built.
+pub type ShapesFn = Box<dyn Fn(&mut Shapes)>;
 
 /// A load-progress callback: (tensor name, bytes uploaded so far, total bytes).
 pub type Progress = Box<dyn FnMut(&str, u64, u64)>;
@@ -43,6 +46,13 @@ pub struct LoadOptions {
     /// Rows of logits one call can produce (at least `slots`; more for scoring many positions at once).
     /// Default: `slots`.
     pub max_outputs: Option<usize>,
+    /// Merge the layers that read the same input into one matrix at load (q, k, v; gate and up), so
+    /// each runs as one dispatch. Default true; false keeps every layer separate (for comparisons).
+    pub fuse: bool,
+    /// KV cache element type. Default: f16 on devices with SHADER_F16, else f32.
+    pub kv_type: Option<KvType>,
+    /// Adjust the device's kernel shapes (tests, the lab's tuning).
+    pub shapes: Option<ShapesFn>,
     /// Called with (tensor name, bytes uploaded so far, total bytes) while weights upload.
     pub progress: Option<Progress>,
     /// Quantize a float model's matrices at load (safetensors models; GGUF weights stay as they are).
@@ -57,6 +67,9 @@ impl Default for LoadOptions {
             batch: 256,
             slots: 1,
             max_outputs: None,
+            fuse: true,
+            kv_type: None,
+            shapes: None,
             progress: None,
             quant: None,
         }
@@ -419,8 +432,16 @@ impl Model {
             .min(batch.max(n_slots));
         let gpu = Gpu::new(&opts.gpu)?;
         let mut shapes = Shapes::for_device(&gpu.caps);
+        if let Some(f) = &opts.shapes {
+            f(&mut shapes);
+        }
         // One attention invocation per output dim of a head.
         shapes.attn_wg = shapes.attn_wg.max(cfg.head_dim.next_power_of_two() as u32);
+        let kv_type = opts.kv_type.unwrap_or(if gpu.caps.shader_f16 {
+            KvType::F16
+        } else {
+            KvType::F32
+        });
         let kernels = Kernels::new(&gpu, shapes)?;
         let mut done = 0u64;
         let mut cb = opts.progress.take();
@@ -432,7 +453,15 @@ impl Model {
         };
         let progress: &mut dyn FnMut(&str, u64) = &mut progress;
         let progress = RefCell::new(progress);
-        let net = Decoder::new(&gpu, &cfg, &Weights::new(&gpu, weights, &progress), ctx)?;
+        let fusion = if opts.fuse {
+            Fusion::On {
+                align: kernels.shapes.segment_align(),
+            }
+        } else {
+            Fusion::Off
+        };
+        let w = Weights::new(&gpu, weights, &progress, fusion);
+        let net = Decoder::new(&gpu, &cfg, &w, ctx)?;
         if let Some(m) = net
             .matrices()
             .into_iter()
@@ -444,8 +473,8 @@ impl Model {
                 m.format.name()
             )));
         }
-        let acts = Activations::new(&gpu, &cfg, batch, max_out)?;
-        let kv = KvCache::new(&gpu, &cfg, ctx, n_slots)?;
+        let acts = Activations::new(&gpu, &cfg, batch, max_out, &kernels.shapes)?;
+        let kv = KvCache::new(&gpu, &cfg, ctx, n_slots, kv_type)?;
         let steps = StepBuffers::new(&gpu, batch, max_out)?;
         let dummy = gpu.storage("dummy", 16)?;
         let n_valid = tokenizer
@@ -457,7 +486,7 @@ impl Model {
         let plan = {
             let mut g = Graph::new(&gpu, &kernels, &steps, &dummy);
             net.forward(&mut g, &acts, &kv, n_valid);
-            g.finish()
+            g.finish()?
         };
         let readback = gpu.readback("next", (max_out * OUTPUT_WORDS * 4) as u64);
         let sampler = GpuSampler::with_rows(
@@ -582,17 +611,30 @@ impl Model {
     pub fn bytes_per_token(&self, ctx_len: usize) -> u64 {
         let emb = self.net.embed.bytes();
         let emb_row = emb / self.cfg.vocab as u64;
-        let kv = (ctx_len * self.cfg.kv_bytes_per_token()) as u64;
+        let kv = (ctx_len * self.cfg.kv_bytes_per_token(self.kv.kv_type)) as u64;
         self.net.weight_bytes() - emb + emb_row + kv + self.net.lm_head.is_none() as u64 * emb
     }
 
-    /// Dispatches recorded per call (a decoded token, or a batched step).
+    /// Dispatches recorded per decoded token (one token, one output, at the start of the context).
     pub fn decode_dispatches(&self) -> usize {
-        self.plan.dispatches()
+        self.plan.dispatches_for(CallShape::new(1, 1))
     }
-    /// The plan's dispatch labels for a call of `n_tokens` tokens and `n_out` outputs.
-    pub fn dispatch_labels(&self, n_tokens: usize, n_out: usize) -> Vec<&'static str> {
-        self.plan.labels(n_tokens as u32, n_out as u32)
+    /// Dispatches of a decode step with `ctx_len` tokens in the cache (split-K attention adds its
+    /// reduces at long contexts).
+    pub fn decode_dispatches_at(&self, ctx_len: usize) -> usize {
+        let call = CallShape {
+            kv_splits: self.kv_splits(&[[0, ctx_len as u32]]),
+            ..CallShape::new(1, 1)
+        };
+        self.plan.dispatches_for(call)
+    }
+    /// The plan's dispatch labels for a call.
+    pub fn dispatch_labels(&self, call: CallShape) -> Vec<&'static str> {
+        self.plan.labels(call)
+    }
+    /// The KV cache's element type.
+    pub fn kv_type(&self) -> KvType {
+        self.kv.kv_type
     }
     pub fn kernels(&self) -> &Kernels {
         &self.kernels
@@ -808,14 +850,15 @@ impl Model {
             }
         }
         let n_out = out_rows.len();
+        let splits = self.kv_splits(&meta);
         let q = &self.gpu.queue;
         q.write_buffer(&self.acts.tokens, 0, bytemuck::cast_slice(&ids));
-        self.steps.write(q, &meta, &out_rows)?;
+        let call = self.steps.write(q, &meta, &out_rows, splits)?;
         for s in seqs {
             self.slots[s.slot].extend_from_slice(s.tokens);
         }
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-        self.plan.record(&mut enc, n_tokens as u32, n_out as u32);
+        self.plan.record(&mut enc, call);
         if n_out == 0 {
             self.gpu.queue.submit([enc.finish()]);
             return Ok(vec![None; seqs.len()]);
@@ -869,6 +912,19 @@ impl Model {
             .collect())
     }
 
+    /// Split-K attention's key ranges for a call of these tokens: from the longest context among them
+    /// and the device's `Shapes::attn_split_keys`; 1 (no split) for calls of many tokens, which fill
+    /// the device already.
+    fn kv_splits(&self, meta: &[[u32; 2]]) -> u32 {
+        let sh = &self.kernels.shapes;
+        if meta.len() > sh.attn_split_tokens as usize {
+            return 1;
+        }
+        let keys = meta.iter().map(|m| m[1] + 1).max().unwrap_or(1);
+        keys.div_ceil(sh.attn_split_keys.max(1))
+            .clamp(1, sh.attn_max_splits.max(1))
+    }
+
     /// The logits of the latest call's first output ([vocab] f32; a 600 KB read for Qwen2).
     pub fn logits(&self) -> Result<Vec<f32>> {
         self.gpu.read_f32(&self.acts.logits, 0, self.cfg.vocab)
@@ -885,12 +941,12 @@ impl Model {
             let pos0 = self.slots[0].len();
             let meta: Vec<[u32; 2]> = (0..chunk.len()).map(|t| [0, (pos0 + t) as u32]).collect();
             let out_rows: Vec<u32> = (0..chunk.len() as u32).collect();
+            let splits = self.kv_splits(&meta);
             let q = &self.gpu.queue;
             q.write_buffer(&self.acts.tokens, 0, bytemuck::cast_slice(chunk));
-            self.steps.write(q, &meta, &out_rows)?;
+            let call = self.steps.write(q, &meta, &out_rows, splits)?;
             let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-            self.plan
-                .record(&mut enc, chunk.len() as u32, chunk.len() as u32);
+            self.plan.record(&mut enc, call);
             self.gpu.queue.submit([enc.finish()]);
             let v = self
                 .gpu

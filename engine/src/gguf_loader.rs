@@ -52,7 +52,12 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 
 impl GgufModel {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = Gguf::open(path)?;
+        Self::from_gguf(Gguf::open(path)?)
+    }
+
+    /// The model of an already parsed file (e.g. [`Gguf::parse`] of bytes in memory): its
+    /// hyper-parameters are read and checked.
+    pub fn from_gguf(file: Gguf) -> Result<Self> {
         let cfg = Self::config(&file)?;
         Ok(GgufModel { file, cfg })
     }

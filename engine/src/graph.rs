@@ -12,7 +12,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::Kernels;
+use crate::kernels::{Kernels, KvType, LinearKernel, LinearSpec};
 use crate::uniforms::{
     ArgmaxParams, AttnParams, EmbedParams, EwParams, MatParams, NormParams, RopeParams, Step,
     LINEAR_ACCUMULATE, LINEAR_BIAS,
@@ -28,12 +28,42 @@ pub enum Count {
     Outputs,
 }
 
+/// What one call is: its tokens, its outputs, and the split-K attention's key ranges per (token, head).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct CallShape {
+    pub tokens: u32,
+    pub outputs: u32,
+    pub kv_splits: u32,
+}
+
+impl CallShape {
+    /// `tokens` tokens, `outputs` outputs, no split.
+    pub fn new(tokens: usize, outputs: usize) -> Self {
+        CallShape {
+            tokens: tokens as u32,
+            outputs: outputs as u32,
+            kv_splits: 1,
+        }
+    }
+
+    fn count(&self, c: Count) -> u32 {
+        match c {
+            Count::Tokens => self.tokens,
+            Count::Outputs => self.outputs,
+        }
+    }
+}
+
 /// How many workgroups a step dispatches, as a function of the call's counts.
 #[derive(Copy, Clone, Debug)]
 pub enum Grid {
     Fixed([u32; 3]),
     /// (x, count, 1)
     PerRow(u32, Count),
+    /// (x, count, kv_splits): split-K attention.
+    PerSplit(u32, Count),
+    /// (x, count, 1) when the call splits its keys, else nothing: the split-K reduce.
+    IfSplit(u32, Count),
     /// (x, ceil(count / tile), 1)
     Tiles(u32, u32, Count),
     /// n row groups laid out 2-D past 65535, and ceil(count / tok) on z.
@@ -41,14 +71,13 @@ pub enum Grid {
 }
 
 impl Grid {
-    fn size(self, n_tokens: u32, n_out: u32) -> [u32; 3] {
-        let count = |c: Count| match c {
-            Count::Tokens => n_tokens,
-            Count::Outputs => n_out,
-        };
+    fn size(self, call: CallShape) -> [u32; 3] {
+        let count = |c: Count| call.count(c);
         match self {
             Grid::Fixed(g) => g,
             Grid::PerRow(x, c) => [x, count(c), 1],
+            Grid::PerSplit(x, c) => [x, count(c), call.kv_splits.max(1)],
+            Grid::IfSplit(x, c) => [x, count(c), (call.kv_splits > 1) as u32],
             Grid::Tiles(x, tile, c) => [x, count(c).div_ceil(tile), 1],
             Grid::Rows(n, tok, c) => {
                 const MAX: u32 = 65535;
@@ -71,8 +100,8 @@ struct Dispatch {
 }
 
 impl Dispatch {
-    fn record(&self, pass: &mut wgpu::ComputePass, n_tokens: u32, n_out: u32) {
-        let [x, y, z] = self.grid.size(n_tokens, n_out);
+    fn record(&self, pass: &mut wgpu::ComputePass, call: CallShape) {
+        let [x, y, z] = self.grid.size(call);
         if x * y * z == 0 {
             return;
         }
@@ -120,42 +149,37 @@ impl Plan {
         self.ops.len()
     }
 
-    /// Record every step of a call over `n_tokens` tokens with `n_out` outputs, in one compute pass.
-    pub fn record(&self, enc: &mut wgpu::CommandEncoder, n_tokens: u32, n_out: u32) {
+    /// Record every step of a call, in one compute pass.
+    pub fn record(&self, enc: &mut wgpu::CommandEncoder, call: CallShape) {
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("forward"),
             timestamp_writes: None,
         });
         for op in &self.ops {
-            match op {
-                Op::Dispatch(d) => d.record(&mut pass, n_tokens, n_out),
-                Op::Linear(l) => {
-                    let n = match l.count {
-                        Count::Tokens => n_tokens,
-                        Count::Outputs => n_out,
-                    };
-                    l.pick(n).record(&mut pass, n_tokens, n_out)
-                }
-            }
+            self.pick(op, call).record(&mut pass, call);
         }
     }
 
-    /// Labels of the dispatches, in order, for a call of `n_tokens` tokens and `n_out` outputs
-    /// (benchmarks and debugging).
-    pub fn labels(&self, n_tokens: u32, n_out: u32) -> Vec<&'static str> {
+    fn pick<'p>(&self, op: &'p Op, call: CallShape) -> &'p Dispatch {
+        match op {
+            Op::Dispatch(d) => d,
+            Op::Linear(l) => l.pick(call.count(l.count)),
+        }
+    }
+
+    /// Labels of the dispatches a call records, in order (benchmarks and debugging).
+    pub fn labels(&self, call: CallShape) -> Vec<&'static str> {
         self.ops
             .iter()
-            .map(|o| match o {
-                Op::Dispatch(d) => d.label,
-                Op::Linear(l) => {
-                    let n = match l.count {
-                        Count::Tokens => n_tokens,
-                        Count::Outputs => n_out,
-                    };
-                    l.pick(n).label
-                }
-            })
+            .map(|o| self.pick(o, call))
+            .filter(|d| d.grid.size(call).iter().all(|&n| n > 0))
+            .map(|d| d.label)
             .collect()
+    }
+
+    /// Dispatches a call records (those whose grid is not empty).
+    pub fn dispatches_for(&self, call: CallShape) -> usize {
+        self.labels(call).len()
     }
 }
 
@@ -188,28 +212,39 @@ pub struct Linear {
     pub b: Option<wgpu::Buffer>, // [out] f32
 }
 
-/// Where a linear layer's outputs go in y: columns col .. col + out of rows `stride` wide.
+/// An RMSNorm weight [dim] f32 and its epsilon, for the norms fused into linear layers.
 #[derive(Copy, Clone, Debug)]
-struct OutCols {
+pub struct NormWeight<'a> {
+    pub w: &'a wgpu::Buffer,
+    pub eps: f32,
+}
+
+/// How a linear layer reads and writes: x's rows (or the outputs' rows, GATHER) normalised or not, y's
+/// columns col .. of rows `stride` wide, overwritten or accumulated, or the GLU pairs.
+#[derive(Copy, Clone, Debug)]
+struct LinearOpts<'a> {
+    norm: Option<NormWeight<'a>>,
+    gather: bool,
+    glu: bool,
+    accumulate: bool,
     col: usize,
     stride: usize,
+    count: Count,
 }
 
-impl OutCols {
-    /// The whole of y's rows.
-    fn all(l: &Linear) -> Self {
-        OutCols {
+impl LinearOpts<'_> {
+    /// y = W x over every token row, y's rows the matrix's height.
+    fn new(l: &Linear) -> Self {
+        LinearOpts {
+            norm: None,
+            gather: false,
+            glu: false,
+            accumulate: false,
             col: 0,
             stride: l.w.rows,
+            count: Count::Tokens,
         }
     }
-}
-
-/// Whether a linear layer overwrites its output or adds to it (the fused residual connection).
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-enum Accumulate {
-    No,
-    Yes,
 }
 
 /// The buffers every call writes before it runs: its counts, its tokens' (slot, position), and the token
@@ -238,8 +273,15 @@ impl StepBuffers {
         })
     }
 
-    /// Write one call: `meta[t]` = (slot, position) of token t, `out_rows` the rows to produce logits for.
-    pub fn write(&self, queue: &wgpu::Queue, meta: &[[u32; 2]], out_rows: &[u32]) -> Result<()> {
+    /// Write one call: `meta[t]` = (slot, position) of token t, `out_rows` the rows to produce logits
+    /// for, `kv_splits` the split-K attention's key ranges (1: none).
+    pub fn write(
+        &self,
+        queue: &wgpu::Queue,
+        meta: &[[u32; 2]],
+        out_rows: &[u32],
+        kv_splits: u32,
+    ) -> Result<CallShape> {
         if meta.is_empty() || meta.len() > self.batch {
             return Err(Error::Input(format!(
                 "a call holds 1 to {} tokens, not {}",
@@ -262,6 +304,7 @@ impl StepBuffers {
         }
         let step = |n: usize| Step {
             n: n as u32,
+            kv_splits,
             ..Default::default()
         };
         queue.write_buffer(&self.tokens, 0, bytemuck::bytes_of(&step(meta.len())));
@@ -270,13 +313,10 @@ impl StepBuffers {
         if !out_rows.is_empty() {
             queue.write_buffer(&self.out_rows, 0, bytemuck::cast_slice(out_rows));
         }
-        Ok(())
-    }
-
-    /// One sequence in slot 0: `n` tokens at positions pos0.., the last one's logits wanted.
-    pub fn write_single(&self, queue: &wgpu::Queue, n: usize, pos0: usize) -> Result<()> {
-        let meta: Vec<[u32; 2]> = (0..n).map(|t| [0, (pos0 + t) as u32]).collect();
-        self.write(queue, &meta, &[n as u32 - 1])
+        Ok(CallShape {
+            kv_splits,
+            ..CallShape::new(meta.len(), out_rows.len())
+        })
     }
 }
 
@@ -287,6 +327,8 @@ pub struct Graph<'a> {
     steps: &'a StepBuffers,
     dummy: &'a wgpu::Buffer,
     plan: Plan,
+    /// The first pipeline that could not be built (reported by `finish`).
+    error: Option<Error>,
 }
 
 impl<'a> Graph<'a> {
@@ -302,11 +344,30 @@ impl<'a> Graph<'a> {
             steps,
             dummy,
             plan: Plan::default(),
+            error: None,
         }
     }
 
-    pub fn finish(self) -> Plan {
-        self.plan
+    /// The plan, or the error of the first pipeline that could not be built.
+    pub fn finish(self) -> Result<Plan> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self.plan),
+        }
+    }
+
+    /// A pipeline from the kernels, or None with the error kept for `finish`.
+    fn pipeline(
+        &mut self,
+        get: impl FnOnce(&Kernels) -> Result<wgpu::ComputePipeline>,
+    ) -> Option<wgpu::ComputePipeline> {
+        match get(self.k) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.error.get_or_insert(e);
+                None
+            }
+        }
     }
 
     fn step(&self, c: Count) -> &'a wgpu::Buffer {
@@ -375,11 +436,13 @@ impl<'a> Graph<'a> {
                 },
             );
             let grid = Grid::PerRow((table.cols as u32).div_ceil(64), Count::Tokens);
-            let pl = &self.k.embed[&table.format];
+            let Some(pl) = self.pipeline(|k| k.embed(table.format)) else {
+                return;
+            };
             let step = self.step(Count::Tokens);
             self.dispatch(
                 "embed",
-                pl,
+                &pl,
                 &[(0, &p), (1, step), (2, tokens), (3, &c.buffer), (4, out)],
                 grid,
             );
@@ -439,52 +502,121 @@ impl<'a> Graph<'a> {
         );
     }
 
-    /// y = W x + b for every row of x (`count`: the call's tokens, or its outputs for the LM head).
-    pub fn linear(&mut self, l: &Linear, x: &wgpu::Buffer, y: &wgpu::Buffer, count: Count) {
-        let cols = OutCols::all(l);
-        self.linear_op(l, x, y, cols, count, Accumulate::No);
+    /// y = W x + b for every token row.
+    pub fn linear(&mut self, l: &Linear, x: &wgpu::Buffer, y: &wgpu::Buffer) {
+        self.linear_op(l, x, y, &LinearOpts::new(l));
     }
 
-    /// y[:, col .. col + out] = W x + b for every token row, y's rows `stride` wide: a layer writing its
-    /// part of a wider output (q, k and v into one qkv row).
-    pub fn linear_cols(
+    /// y += W x + b for every token row (the fused residual connection).
+    pub fn linear_residual(&mut self, l: &Linear, x: &wgpu::Buffer, y: &wgpu::Buffer) {
+        let o = LinearOpts {
+            accumulate: true,
+            ..LinearOpts::new(l)
+        };
+        self.linear_op(l, x, y, &o);
+    }
+
+    /// y[:, col .. col + out] = W rmsnorm(x) + b for every token row, y's rows `stride` wide: the norm
+    /// that feeds the layer fused into it (a layer writing its part of a wider output: q, k and v into
+    /// one qkv row).
+    pub fn linear_normed(
         &mut self,
         l: &Linear,
+        norm: NormWeight,
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
         col: usize,
         stride: usize,
     ) {
-        let cols = OutCols { col, stride };
-        self.linear_op(l, x, y, cols, Count::Tokens, Accumulate::No);
+        let o = LinearOpts {
+            norm: Some(norm),
+            col,
+            stride,
+            ..LinearOpts::new(l)
+        };
+        self.linear_op(l, x, y, &o);
     }
 
-    /// y += W x + b for every token row (the fused residual connection).
-    pub fn linear_residual(&mut self, l: &Linear, x: &wgpu::Buffer, y: &wgpu::Buffer) {
-        let cols = OutCols::all(l);
-        self.linear_op(l, x, y, cols, Count::Tokens, Accumulate::Yes);
-    }
-
-    fn linear_op(
+    /// y = silu(gate) * up with gate, up = W rmsnorm(x): the MLP's first half in one dispatch, over a
+    /// matrix whose rows are (gate, up) pairs (`Matrix::upload_interleaved`); y is [n, rows / 2].
+    pub fn gate_up_normed(
         &mut self,
         l: &Linear,
+        norm: NormWeight,
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
-        out: OutCols,
-        count: Count,
-        acc: Accumulate,
     ) {
+        let o = LinearOpts {
+            norm: Some(norm),
+            glu: true,
+            stride: l.w.rows / 2,
+            ..LinearOpts::new(l)
+        };
+        self.linear_op(l, x, y, &o);
+    }
+
+    /// logits[o] = W rmsnorm(x[out_rows[o]]) for each output o of the call: the final norm and the LM
+    /// head in one dispatch per chunk of the head, over the output rows only.
+    pub fn lm_head(
+        &mut self,
+        l: &Linear,
+        norm: NormWeight,
+        x: &wgpu::Buffer,
+        logits: &wgpu::Buffer,
+    ) {
+        let o = LinearOpts {
+            norm: Some(norm),
+            gather: true,
+            count: Count::Outputs,
+            ..LinearOpts::new(l)
+        };
+        self.linear_op(l, x, logits, &o);
+    }
+
+    fn linear_op(&mut self, l: &Linear, x: &wgpu::Buffer, y: &wgpu::Buffer, o: &LinearOpts) {
         let mut flags = 0;
         if l.b.is_some() {
             flags |= LINEAR_BIAS;
         }
-        if acc == Accumulate::Yes {
+        if o.accumulate {
             flags |= LINEAR_ACCUMULATE;
         }
         let bias = l.b.as_ref().unwrap_or(self.dummy);
         let w = &l.w;
-        let shapes = &self.k.shapes;
-        let step = self.step(count);
+        let spec = LinearSpec {
+            format: w.format,
+            format2: w.second.map_or(w.format, |s| s.format),
+            norm: o.norm.is_some(),
+            gather: o.gather,
+            glu: o.glu,
+        };
+        let (g, eps) = match o.norm {
+            Some(n) => (n.w, n.eps),
+            None => (self.dummy, 0.0),
+        };
+        let rows = if o.gather {
+            &self.steps.out_rows
+        } else {
+            self.dummy
+        };
+        let shapes = self.k.shapes.clone();
+        let step = self.step(o.count);
+        let kernels = [
+            LinearKernel::Single,
+            LinearKernel::Blocks,
+            LinearKernel::Tiled,
+        ];
+        let mut pipes = vec![];
+        for k in kernels {
+            if k == LinearKernel::Tiled && shapes.tiled_from.is_none() {
+                pipes.push(None);
+                continue;
+            }
+            match self.pipeline(|ks| ks.linear(k, spec)) {
+                Some(p) => pipes.push(Some(p)),
+                None => return,
+            }
+        }
         for c in &w.chunks {
             let p = self.uniform(
                 "linear",
@@ -493,8 +625,11 @@ impl<'a> Graph<'a> {
                     cols: w.cols as u32,
                     row_offset: c.row_start as u32,
                     flags,
-                    y_stride: out.stride as u32,
-                    y_offset: out.col as u32,
+                    y_stride: o.stride as u32,
+                    y_offset: o.col as u32,
+                    split: w.second.map_or(c.rows, |s| s.row) as u32,
+                    seg_word: w.second.map_or(0, |s| s.word) as u32,
+                    eps,
                     ..Default::default()
                 },
             );
@@ -505,27 +640,24 @@ impl<'a> Graph<'a> {
                 (3, x),
                 (4, bias),
                 (5, y),
+                (6, g),
+                (7, rows),
             ];
-            let rows_per_wg = shapes.matvec_wg / shapes.tpr;
-            let row_groups = (c.rows as u32).div_ceil(rows_per_wg);
-            let single = self.make(
-                "matvec",
-                &self.k.matvec[&w.format],
-                &bufs,
-                Grid::Rows(row_groups, 1, count),
-            );
-            let blocks = self.make(
+            let row_groups = (c.rows as u32).div_ceil(shapes.rows_per_wg());
+            let count = o.count;
+            let make = |g: &Self, i: usize, label, grid| {
+                g.make(label, pipes[i].as_ref().expect("built"), &bufs, grid)
+            };
+            let single = make(self, 0, "matvec", Grid::Rows(row_groups, 1, count));
+            let blocks = make(
+                self,
+                1,
                 "matvec_tok",
-                &self.k.matvec_tok[&w.format],
-                &bufs,
                 Grid::Rows(row_groups, shapes.block_tokens, count),
             );
             let tiled = shapes.tiled_from.map(|from| {
                 let grid = Grid::Tiles((c.rows as u32).div_ceil(32), 32, count);
-                (
-                    from,
-                    self.make("matmul", &self.k.matmul[&w.format], &bufs, grid),
-                )
+                (from, make(self, 2, "matmul", grid))
             });
             self.plan.ops.push(Op::Linear(LinearOp {
                 count,
@@ -565,9 +697,13 @@ impl<'a> Graph<'a> {
             ((heads.n_heads + heads.n_kv_heads) as u32).div_ceil(64),
             Count::Tokens,
         );
-        let (pl, qn, kn) = match qk_norm {
-            Some((q, k)) => (self.k.rope_store_qk_norm.clone(), q, k),
-            None => (self.k.rope_store.clone(), self.dummy, self.dummy),
+        let (qn, kn) = match qk_norm {
+            Some((q, k)) => (q, k),
+            None => (self.dummy, self.dummy),
+        };
+        let kv = cache.kv_type;
+        let Some(pl) = self.pipeline(|k| k.rope_store(qk_norm.is_some(), kv)) else {
+            return;
         };
         let step = self.step(Count::Tokens);
         let meta = &self.steps.meta;
@@ -587,13 +723,16 @@ impl<'a> Graph<'a> {
 
     /// Causal GQA attention of every token over its own sequence's cached keys and values. q is the
     /// first n_heads * head_dim of each row of `q` (rows `q_stride` wide: the qkv buffer); out is
-    /// [n_tokens, n_heads * head_dim].
+    /// [n_tokens, n_heads * head_dim]. With a split-K call, the key ranges go to `part` ([split tokens,
+    /// n_heads, max splits, head_dim + 2]) and a second dispatch reduces them.
+    #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &mut self,
         q: &wgpu::Buffer,
         q_stride: usize,
         cache: &KvLayer,
         out: &wgpu::Buffer,
+        part: &wgpu::Buffer,
         heads: Heads,
     ) {
         let p = self.uniform(
@@ -608,7 +747,13 @@ impl<'a> Graph<'a> {
                 ..Default::default()
             },
         );
-        let pl = &self.k.attention.clone();
+        let kv = cache.kv_type;
+        let (Some(pl), Some(reduce)) = (
+            self.pipeline(|k| k.attention(kv)),
+            self.pipeline(|k| k.attention_reduce()),
+        ) else {
+            return;
+        };
         let step = self.step(Count::Tokens);
         let meta = &self.steps.meta;
         let bufs = [
@@ -619,9 +764,17 @@ impl<'a> Graph<'a> {
             (4, &cache.k),
             (5, &cache.v),
             (6, out),
+            (7, part),
         ];
-        let grid = Grid::PerRow(heads.n_heads as u32, Count::Tokens);
-        self.dispatch("attention", pl, &bufs, grid);
+        let nh = heads.n_heads as u32;
+        self.dispatch("attention", &pl, &bufs, Grid::PerSplit(nh, Count::Tokens));
+        let bufs = [(0, &p), (1, step), (6, out), (7, part)];
+        self.dispatch(
+            "attention_reduce",
+            &reduce,
+            &bufs,
+            Grid::IfSplit(nh, Count::Tokens),
+        );
     }
 
     /// gate = silu(gate) * up
@@ -675,15 +828,16 @@ impl<'a> Graph<'a> {
 pub struct Activations {
     pub batch: usize,
     pub max_out: usize,
-    pub tokens: wgpu::Buffer, // [batch] u32
-    pub x: wgpu::Buffer,      // [batch, hidden] f32, the residual stream
-    pub xn: wgpu::Buffer,     // [batch, hidden] f32, normalised (the final norm: [max_out, hidden])
-    pub qkv: wgpu::Buffer,    // [batch, (n_heads + 2 n_kv_heads) * head_dim]: q, k, v per token
-    pub attn: wgpu::Buffer,   // [batch, n_heads * head_dim]
-    pub gate: wgpu::Buffer,   // [batch, intermediate]
-    pub up: wgpu::Buffer,     // [batch, intermediate]
-    pub logits: wgpu::Buffer, // [max_out, vocab] f32
-    pub next: wgpu::Buffer,   // [max_out] u32, the argmax of each output row
+    pub tokens: wgpu::Buffer,    // [batch] u32
+    pub x: wgpu::Buffer,         // [batch, hidden] f32, the residual stream
+    pub xn: wgpu::Buffer, // [batch, hidden] f32, normalised (the final norm: [max_out, hidden])
+    pub qkv: wgpu::Buffer, // [batch, (n_heads + 2 n_kv_heads) * head_dim]: q, k, v per token
+    pub attn: wgpu::Buffer, // [batch, n_heads * head_dim]
+    pub attn_part: wgpu::Buffer, // [split_tokens, n_heads, max_splits, head_dim + 2] split-K partials
+    pub gate: wgpu::Buffer,      // [batch, intermediate]
+    pub up: wgpu::Buffer,        // [batch, intermediate]
+    pub logits: wgpu::Buffer,    // [max_out, vocab] f32
+    pub next: wgpu::Buffer,      // [max_out] u32, the argmax of each output row
 }
 
 impl Activations {
@@ -692,6 +846,7 @@ impl Activations {
         cfg: &crate::config::ModelConfig,
         batch: usize,
         max_out: usize,
+        shapes: &crate::kernels::Shapes,
     ) -> Result<Self> {
         let f = |label: &str, n: usize| gpu.storage(label, (n * 4) as u64);
         let qd = cfg.n_heads * cfg.head_dim;
@@ -704,6 +859,13 @@ impl Activations {
             xn: f("xn", batch.max(max_out) * cfg.hidden)?,
             qkv: f("qkv", batch * (qd + 2 * kvd))?,
             attn: f("attn", batch * qd)?,
+            attn_part: f(
+                "attn_part",
+                shapes.attn_split_tokens as usize
+                    * cfg.n_heads
+                    * shapes.attn_max_splits as usize
+                    * (cfg.head_dim + 2),
+            )?,
             gate: f("gate", batch * cfg.intermediate)?,
             up: f("up", batch * cfg.intermediate)?,
             logits: f("logits", max_out * cfg.vocab)?,
@@ -712,11 +874,13 @@ impl Activations {
     }
 }
 
-/// One layer's K and V caches: `slots` regions of `slot_rows` rows, each [n_kv_heads * head_dim] f32.
+/// One layer's K and V caches: `slots` regions of `slot_rows` rows, each [n_kv_heads * head_dim] of
+/// `kv_type` (f16: two per word).
 pub struct KvLayer {
-    pub k: wgpu::Buffer, // [slots * slot_rows, n_kv_heads * head_dim] f32
-    pub v: wgpu::Buffer, // [slots * slot_rows, n_kv_heads * head_dim] f32
+    pub k: wgpu::Buffer, // [slots * slot_rows, n_kv_heads * head_dim] kv_type
+    pub v: wgpu::Buffer, // [slots * slot_rows, n_kv_heads * head_dim] kv_type
     pub slot_rows: usize,
+    pub kv_type: KvType,
 }
 
 /// Per-layer K and V caches for every sequence slot's whole context, on the GPU.
@@ -724,6 +888,7 @@ pub struct KvCache {
     /// Context (rows) of each slot.
     pub ctx: usize,
     pub slots: usize,
+    pub kv_type: KvType,
     pub layers: Vec<KvLayer>,
 }
 
@@ -733,18 +898,35 @@ impl KvCache {
         cfg: &crate::config::ModelConfig,
         ctx: usize,
         slots: usize,
+        kv_type: KvType,
     ) -> Result<Self> {
-        let bytes = (slots * ctx * cfg.n_kv_heads * cfg.head_dim * 4) as u64;
+        let bytes = Self::layer_bytes(cfg, ctx, slots, kv_type);
         let layers = (0..cfg.n_layers)
             .map(|i| {
                 Ok(KvLayer {
                     k: gpu.storage(&format!("k_cache.{i}"), bytes)?,
                     v: gpu.storage(&format!("v_cache.{i}"), bytes)?,
                     slot_rows: ctx,
+                    kv_type,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(KvCache { ctx, slots, layers })
+        Ok(KvCache {
+            ctx,
+            slots,
+            kv_type,
+            layers,
+        })
+    }
+
+    /// Bytes of one layer's K (or V) buffer.
+    pub fn layer_bytes(
+        cfg: &crate::config::ModelConfig,
+        ctx: usize,
+        slots: usize,
+        kv_type: KvType,
+    ) -> u64 {
+        (slots * ctx * cfg.n_kv_heads * cfg.head_dim * kv_type.bytes()) as u64
     }
 
     pub fn bytes(&self) -> u64 {

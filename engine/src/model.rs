@@ -7,7 +7,7 @@
 use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::gpu::Gpu;
-use crate::graph::{Activations, Count, Graph, Heads, KvCache, KvLayer, Linear};
+use crate::graph::{Activations, Graph, Heads, KvCache, KvLayer, Linear, NormWeight};
 use crate::weights::{upload_f32, HostMatrix, Matrix};
 use std::cell::RefCell;
 
@@ -21,12 +21,29 @@ pub trait WeightSource {
 /// Called with each tensor's name and bytes once uploaded (shared by every `Weights` of a load).
 pub type UploadProgress<'a> = RefCell<&'a mut dyn FnMut(&str, u64)>;
 
+/// Whether layers that read the same input are merged into one matrix (one dispatch) at load.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Fusion {
+    /// q, k, v stacked (their second format, if any, starting on a multiple of `align` rows); gate and
+    /// up interleaved.
+    On { align: usize },
+    /// Every layer its own matrix (tests and the lab compare the two).
+    Off,
+}
+
 /// Uploads weights by name under a prefix (candle's VarBuilder): `w.pp("model.layers.3")`.
 pub struct Weights<'a> {
     gpu: &'a Gpu,
     src: &'a dyn WeightSource,
     prefix: String,
     progress: &'a UploadProgress<'a>,
+    pub fusion: Fusion,
+}
+
+/// Several layers that read the same input: merged into one matrix, or each its own.
+pub enum Merged {
+    One(Linear),
+    Each(Vec<Linear>),
 }
 
 /// Whether a linear layer has a bias.
@@ -37,12 +54,18 @@ pub enum Bias {
 }
 
 impl<'a> Weights<'a> {
-    pub fn new(gpu: &'a Gpu, src: &'a dyn WeightSource, progress: &'a UploadProgress<'a>) -> Self {
+    pub fn new(
+        gpu: &'a Gpu,
+        src: &'a dyn WeightSource,
+        progress: &'a UploadProgress<'a>,
+        fusion: Fusion,
+    ) -> Self {
         Weights {
             gpu,
             src,
             prefix: String::new(),
             progress,
+            fusion,
         }
     }
 
@@ -53,6 +76,7 @@ impl<'a> Weights<'a> {
             src: self.src,
             prefix: self.name(name),
             progress: self.progress,
+            fusion: self.fusion,
         }
     }
 
@@ -97,6 +121,88 @@ impl<'a> Weights<'a> {
             },
         })
     }
+
+    /// Layers `names` ([rows[i], cols] each) that read the same input, stacked into one matrix whose
+    /// output is theirs side by side (q, k, v), biases concatenated; each its own when fusion is off
+    /// or the matrices cannot be stacked (more than two formats, see `Matrix::upload_stacked`).
+    pub fn stacked(
+        &self,
+        names: &[&str],
+        rows: &[usize],
+        cols: usize,
+        bias: Bias,
+    ) -> Result<Merged> {
+        let Fusion::On { align } = self.fusion else {
+            return self.each(names, rows, cols, bias);
+        };
+        let full: Vec<String> = names
+            .iter()
+            .map(|n| self.name(&format!("{n}.weight")))
+            .collect();
+        let hosts = full
+            .iter()
+            .zip(rows)
+            .map(|(n, &r)| self.src.matrix(n, r, cols))
+            .collect::<Result<Vec<_>>>()?;
+        let Some(m) = Matrix::upload_stacked(self.gpu, &hosts, align)? else {
+            return self.each(names, rows, cols, bias);
+        };
+        for (n, h) in full.iter().zip(&hosts) {
+            (self.progress.borrow_mut())(n, h.data.len() as u64);
+        }
+        let b = match bias {
+            Bias::No => None,
+            Bias::Yes => {
+                let mut v = Vec::with_capacity(m.rows);
+                for (n, &r) in names.iter().zip(rows) {
+                    v.extend(self.src.vector(&self.name(&format!("{n}.bias")), r)?);
+                }
+                Some(upload_f32(self.gpu, &format!("{}.bias", m.name), &v)?)
+            }
+        };
+        Ok(Merged::One(Linear { w: m, b }))
+    }
+
+    /// Two layers of one shape that read the same input, their rows interleaved into one matrix (gate
+    /// and up, for the SiLU-gated epilogue); each its own when fusion is off or their formats differ.
+    pub fn interleaved(&self, a: &str, b: &str, rows: usize, cols: usize) -> Result<Merged> {
+        if self.fusion == Fusion::Off {
+            return self.each(&[a, b], &[rows, rows], cols, Bias::No);
+        }
+        let (na, nb) = (
+            self.name(&format!("{a}.weight")),
+            self.name(&format!("{b}.weight")),
+        );
+        let (ha, hb) = (
+            self.src.matrix(&na, rows, cols)?,
+            self.src.matrix(&nb, rows, cols)?,
+        );
+        let Some(m) = Matrix::upload_interleaved(self.gpu, &ha, &hb)? else {
+            return self.each(&[a, b], &[rows, rows], cols, Bias::No);
+        };
+        (self.progress.borrow_mut())(&na, ha.data.len() as u64);
+        (self.progress.borrow_mut())(&nb, hb.data.len() as u64);
+        Ok(Merged::One(Linear { w: m, b: None }))
+    }
+
+    fn each(&self, names: &[&str], rows: &[usize], cols: usize, bias: Bias) -> Result<Merged> {
+        let v = names
+            .iter()
+            .zip(rows)
+            .map(|(n, &r)| self.linear(n, r, cols, bias))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Merged::Each(v))
+    }
+}
+
+impl Merged {
+    /// The layer or layers.
+    pub fn linears(&self) -> Vec<&Linear> {
+        match self {
+            Merged::One(l) => vec![l],
+            Merged::Each(v) => v.iter().collect(),
+        }
+    }
 }
 
 /// RMSNorm's weight: y = w * x / sqrt(mean(x^2) + eps).
@@ -115,15 +221,19 @@ impl RmsNorm {
         })
     }
 
-    fn forward(&self, g: &mut Graph, x: &wgpu::Buffer, y: &wgpu::Buffer) {
-        g.rms_norm(x, &self.w, y, self.dim, self.eps);
+    /// The norm's weight, for the layers it is fused into.
+    pub fn weight(&self) -> NormWeight<'_> {
+        NormWeight {
+            w: &self.w,
+            eps: self.eps,
+        }
     }
 }
 
 pub struct Attention {
-    pub q: Linear, // [n_heads * head_dim, hidden], bias where the family has one
-    pub k: Linear, // [n_kv_heads * head_dim, hidden]
-    pub v: Linear, // [n_kv_heads * head_dim, hidden]
+    /// q [n_heads * head_dim], k, v [n_kv_heads * head_dim] from [hidden]: one stacked matrix writing
+    /// the whole qkv row, or three; bias where the family has one.
+    pub qkv: Merged,
     pub o: Linear, // [hidden, n_heads * head_dim], no bias
     /// Qwen3: per-head RMSNorm of q and k before RoPE, weights [head_dim].
     pub qk_norm: Option<(RmsNorm, RmsNorm)>,
@@ -143,35 +253,48 @@ impl Attention {
         } else {
             None
         };
+        let names = ["q_proj", "k_proj", "v_proj"];
         Ok(Attention {
-            q: w.linear("q_proj", qd, h, bias)?,
-            k: w.linear("k_proj", kvd, h, bias)?,
-            v: w.linear("v_proj", kvd, h, bias)?,
+            qkv: w.stacked(&names, &[qd, kvd, kvd], h, bias)?,
             o: w.linear("o_proj", h, qd, Bias::No)?,
             qk_norm,
             heads,
         })
     }
 
-    /// x += o(attention(rope(q(xn)), rope(k(xn)), v(xn))), the keys and values of the call's tokens
-    /// appended to the layer's cache.
-    fn forward(&self, g: &mut Graph, a: &Activations, kv: &KvLayer, rope: &wgpu::Buffer) {
+    /// x += o(attention(rope(q(norm(x))), rope(k(norm(x))), v(norm(x)))), the keys and values of the
+    /// call's tokens appended to the layer's cache; `norm` is fused into the projections.
+    fn forward(
+        &self,
+        g: &mut Graph,
+        a: &Activations,
+        norm: &RmsNorm,
+        kv: &KvLayer,
+        rope: &wgpu::Buffer,
+    ) {
         let hs = self.heads;
-        let (qd, kvd, width) = (hs.q_dim(), hs.kv_dim(), hs.qkv_dim());
-        g.linear_cols(&self.q, &a.xn, &a.qkv, 0, width);
-        g.linear_cols(&self.k, &a.xn, &a.qkv, qd, width);
-        g.linear_cols(&self.v, &a.xn, &a.qkv, qd + kvd, width);
+        let width = hs.qkv_dim();
+        match &self.qkv {
+            Merged::One(qkv) => g.linear_normed(qkv, norm.weight(), &a.x, &a.qkv, 0, width),
+            Merged::Each(parts) => {
+                let cols = [0, hs.q_dim(), hs.q_dim() + hs.kv_dim()];
+                for (l, col) in parts.iter().zip(cols) {
+                    g.linear_normed(l, norm.weight(), &a.x, &a.qkv, col, width);
+                }
+            }
+        }
         let norms = self.qk_norm.as_ref().map(|(q, k)| (&q.w, &k.w));
         let eps = self.qk_norm.as_ref().map_or(0.0, |(q, _)| q.eps);
         g.rope_store(&a.qkv, norms, eps, rope, kv, hs);
-        g.attention(&a.qkv, width, kv, &a.attn, hs);
+        g.attention(&a.qkv, width, kv, &a.attn, &a.attn_part, hs);
         g.linear_residual(&self.o, &a.attn, &a.x);
     }
 }
 
 pub struct Mlp {
-    pub gate: Linear, // [intermediate, hidden]
-    pub up: Linear,   // [intermediate, hidden]
+    /// gate and up [intermediate, hidden]: one matrix of interleaved (gate, up) rows whose kernel
+    /// applies the SiLU gate, or two.
+    pub gate_up: Merged,
     pub down: Linear, // [hidden, intermediate]
     pub intermediate: usize,
 }
@@ -180,18 +303,24 @@ impl Mlp {
     pub fn new(c: &ModelConfig, w: &Weights) -> Result<Self> {
         let (h, i) = (c.hidden, c.intermediate);
         Ok(Mlp {
-            gate: w.linear("gate_proj", i, h, Bias::No)?,
-            up: w.linear("up_proj", i, h, Bias::No)?,
+            gate_up: w.interleaved("gate_proj", "up_proj", i, h)?,
             down: w.linear("down_proj", h, i, Bias::No)?,
             intermediate: i,
         })
     }
 
-    /// x += down(silu(gate(xn)) * up(xn))
-    fn forward(&self, g: &mut Graph, a: &Activations) {
-        g.linear(&self.gate, &a.xn, &a.gate, Count::Tokens);
-        g.linear(&self.up, &a.xn, &a.up, Count::Tokens);
-        g.silu_mul(&a.gate, &a.up, self.intermediate);
+    /// x += down(silu(gate(norm(x))) * up(norm(x))), `norm` fused into gate and up.
+    fn forward(&self, g: &mut Graph, a: &Activations, norm: &RmsNorm) {
+        match &self.gate_up {
+            Merged::One(gu) => g.gate_up_normed(gu, norm.weight(), &a.x, &a.gate),
+            Merged::Each(parts) => {
+                let (gate, up) = (&parts[0], &parts[1]);
+                let i = self.intermediate;
+                g.linear_normed(gate, norm.weight(), &a.x, &a.gate, 0, i);
+                g.linear_normed(up, norm.weight(), &a.x, &a.up, 0, i);
+                g.silu_mul(&a.gate, &a.up, i);
+            }
+        }
         g.linear_residual(&self.down, &a.gate, &a.x);
     }
 }
@@ -213,11 +342,10 @@ impl Block {
         })
     }
 
+    /// x += attention(norm(x)); x += mlp(norm(x)).
     fn forward(&self, g: &mut Graph, a: &Activations, kv: &KvLayer, rope: &wgpu::Buffer) {
-        self.attn_norm.forward(g, &a.x, &a.xn);
-        self.attn.forward(g, a, kv, rope);
-        self.mlp_norm.forward(g, &a.x, &a.xn);
-        self.mlp.forward(g, a);
+        self.attn.forward(g, a, &self.attn_norm, kv, rope);
+        self.mlp.forward(g, a, &self.mlp_norm);
     }
 }
 
@@ -273,34 +401,42 @@ impl Decoder {
             w: self.lm_head().clone(),
             b: None,
         };
-        g.rms_norm_outputs(&a.x, &self.norm.w, &a.xn, c.hidden, self.norm.eps);
-        g.linear(&head, &a.xn, &a.logits, Count::Outputs);
+        g.lm_head(&head, self.norm.weight(), &a.x, &a.logits);
         g.argmax(&a.logits, c.vocab, n_valid, &a.next);
+    }
+
+    /// Every linear layer of the blocks (merged ones once).
+    pub fn linears(&self) -> Vec<&Linear> {
+        let mut v = vec![];
+        for l in &self.layers {
+            v.extend(l.attn.qkv.linears());
+            v.push(&l.attn.o);
+            v.extend(l.mlp.gate_up.linears());
+            v.push(&l.mlp.down);
+        }
+        v
     }
 
     /// Every weight matrix, embedding first.
     pub fn matrices(&self) -> Vec<&Matrix> {
         let mut v = vec![&self.embed];
         v.extend(self.lm_head.as_ref());
-        for l in &self.layers {
-            let (a, m) = (&l.attn, &l.mlp);
-            v.extend([
-                &a.q.w, &a.k.w, &a.v.w, &a.o.w, &m.gate.w, &m.up.w, &m.down.w,
-            ]);
-        }
+        v.extend(self.linears().into_iter().map(|l| &l.w));
         v
     }
 
     /// Bytes of weights on the GPU (matrices, biases, norms).
     pub fn weight_bytes(&self) -> u64 {
-        let bias = |l: &Linear| l.b.as_ref().map_or(0, |b| b.size());
         let mut n: u64 =
             self.matrices().iter().map(|m| m.bytes()).sum::<u64>() + self.norm.w.size();
+        n += self
+            .linears()
+            .iter()
+            .map(|l| l.b.as_ref().map_or(0, |b| b.size()))
+            .sum::<u64>();
         for l in &self.layers {
-            let a = &l.attn;
-            n += bias(&a.q) + bias(&a.k) + bias(&a.v);
             n += l.attn_norm.w.size() + l.mlp_norm.w.size();
-            if let Some((q, k)) = &a.qk_norm {
+            if let Some((q, k)) = &l.attn.qk_norm {
                 n += q.w.size() + k.w.size();
             }
         }

@@ -40,9 +40,10 @@ shared_structs! {
     /// tokens (embedding, layers), one whose `n` counts its outputs (final norm, LM head, argmax).
     pub struct Step {
         n: u32,
+        /// Split-K attention: key ranges per (token, head) in this call (1: no split).
+        kv_splits: u32,
         _pad0: u32,
         _pad1: u32,
-        _pad2: u32,
     }
 
     /// Linear layers (matvec.wgsl, matvec_quant.wgsl, matmul.wgsl).
@@ -59,8 +60,16 @@ shared_structs! {
         /// y's column of the matrix's row 0 (a linear layer writing its part of a wider output, as
         /// q, k and v into one qkv row).
         y_offset: u32,
+        /// Stacked matrices of two formats: the first row in the second format (WFMT2), `rows` when
+        /// there is one format.
+        split: u32,
+        /// The word of w where the second format's rows start.
+        seg_word: u32,
+        /// The fused RMSNorm's epsilon (NORM).
+        eps: f32,
         _pad0: u32,
         _pad1: u32,
+        _pad2: u32,
     }
 
     /// embed.wgsl: one chunk of the table.
@@ -176,11 +185,16 @@ pub fn wgsl_format_consts() -> String {
     s
 }
 
-/// The flag constants above, in WGSL.
+/// KV cache element formats (the kernels' KVF constant).
+pub const KV_F32: u32 = 0;
+pub const KV_F16: u32 = 1;
+
+/// The flag and format constants above, in WGSL.
 pub fn wgsl_flag_consts() -> String {
     format!(
         "const LINEAR_BIAS: u32 = {LINEAR_BIAS}u;\nconst LINEAR_ACCUMULATE: u32 = {LINEAR_ACCUMULATE}u;\n\
-         const SAMPLE_GREEDY: u32 = {SAMPLE_GREEDY}u;\nconst SAMPLE_TOP_P: u32 = {SAMPLE_TOP_P}u;\n"
+         const SAMPLE_GREEDY: u32 = {SAMPLE_GREEDY}u;\nconst SAMPLE_TOP_P: u32 = {SAMPLE_TOP_P}u;\n\
+         const KV_F32: u32 = {KV_F32}u;\nconst KV_F16: u32 = {KV_F16}u;\n"
     )
 }
 

@@ -134,13 +134,13 @@ pub fn linear_case(c: &Ctx, f: QuantType, rows: usize, cols: usize, n_tokens: us
     let (xb, yb) = (c.buf(&x), c.buf(&y0));
     let mut g = c.graph();
     g.linear_residual(&lin, &xb, &yb);
-    let plan = g.finish();
+    let plan = g.finish().unwrap();
     run(&c.gpu, &plan, &c.step, n_tokens as u32, 0);
     let got = c.read(&yb, n_tokens * rows);
     let want = r::linear(&w, cols, &x, Some(&bias), Some(&y0));
     let name = format!(
         "{:?} {} {rows}x{cols} n={n_tokens} split={split}",
-        plan.labels(n_tokens as u32, 0),
+        plan.labels(glint::graph::CallShape::new(n_tokens, 0)),
         f.name()
     );
     check_linear(&name, &got, &want, &w, cols, &x);
