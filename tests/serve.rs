@@ -84,9 +84,11 @@ fn tokens(r: &Value) -> Vec<u32> {
 
 /// Batching does not change answers: 4 greedy prompts sent at once get the ids each gets alone,
 /// which are transformers' greedy ids for the golden cases. Logprobs are log_softmax of the logits.
+/// The goldens are float64: the f32 KV cache (f16's rounding is tested in tests/tiny_models.rs).
 #[test]
 fn batched_answers_equal_alone_and_logprobs_match_transformers() {
-    let Some((s, _dir)) = tiny("serve-ids", cli::Tok::Qwen, &["--parallel", "4"]) else {
+    let args = ["--parallel", "4", "--cache-type", "f32"];
+    let Some((s, _dir)) = tiny("serve-ids", cli::Tok::Qwen, &args) else {
         return;
     };
     let cs = cases();
@@ -579,4 +581,6 @@ fn bad_flags_are_refused() {
     assert!(e.contains("/nonexistent/keys"), "{e}");
     let e = run(&["-m", m, "--port", "99999"]);
     assert!(e.contains("--port"), "{e}");
+    let e = run(&["-m", m, "--cache-type", "q8"]);
+    assert!(e.contains("--cache-type") && e.contains("f16, f32"), "{e}");
 }

@@ -3,6 +3,7 @@
 //! to the terminal, and the summary line.
 
 use clap::Args;
+use glint::kernels::KvType;
 use glint::quant::QuantType;
 use glint::stop::StopFilter;
 use glint::{Flow, GenerateOptions, Generation, LoadOptions, Model};
@@ -23,16 +24,21 @@ pub struct ModelArgs {
     /// to Q5_0 where rows are not a multiple of 256, as llama.cpp does; the fallbacks are listed).
     #[arg(long, value_parser = parse_quant)]
     pub quant: Option<QuantType>,
+    /// KV cache element type: f16 (half the memory) or f32. Default: f16 where the device has
+    /// SHADER_F16, else f32.
+    #[arg(long = "cache-type", value_name = "T", value_parser = parse_kv_type)]
+    pub cache_type: Option<KvType>,
     #[command(flatten)]
     pub gpu: crate::GpuArgs,
 }
 
 impl ModelArgs {
-    /// Load options with these flags' quantization and GPU; the rest default.
+    /// Load options with these flags' quantization, KV cache type and GPU; the rest default.
     pub fn load_options(&self) -> glint::Result<LoadOptions> {
         Ok(LoadOptions {
             gpu: self.gpu.options()?,
             quant: self.quant,
+            kv_type: self.cache_type,
             ..Default::default()
         })
     }
@@ -49,6 +55,10 @@ fn parse_quant(s: &str) -> Result<QuantType, String> {
         let names: Vec<&str> = QuantType::ALL.iter().map(|t| t.name()).collect();
         format!("'{s}' is not one of {}", names.join(", ").to_lowercase())
     })
+}
+
+fn parse_kv_type(s: &str) -> Result<KvType, String> {
+    KvType::parse(s).ok_or_else(|| format!("'{s}' is not one of f16, f32"))
 }
 
 /// Sampling flags (llama.cpp's names). Each one given overrides the model's own default from its

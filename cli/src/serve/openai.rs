@@ -216,13 +216,15 @@ impl ChatFields {
                         for (j, p) in parts.iter().enumerate() {
                             match (p.kind.as_str(), &p.text) {
                                 ("text", Some(x)) => t.push_str(x),
-                                _ => return Err(ApiError::field(
-                                    &format!("messages[{i}].content[{j}]"),
-                                    format!(
+                                _ => {
+                                    return Err(ApiError::field(
+                                        &format!("messages[{i}].content[{j}]"),
+                                        format!(
                                         "content parts of type '{}' are not supported (text only)",
                                         p.kind
                                     ),
-                                )),
+                                    ))
+                                }
                             }
                         }
                         t
@@ -231,12 +233,14 @@ impl ChatFields {
                 let role = match m.role.as_str() {
                     "developer" => "system".to_string(),
                     "system" | "user" | "assistant" | "tool" => m.role.clone(),
-                    other => return Err(ApiError::field(
-                        &format!("messages[{i}].role"),
-                        format!(
+                    other => {
+                        return Err(ApiError::field(
+                            &format!("messages[{i}].role"),
+                            format!(
                             "unknown role '{other}' (system, developer, user, assistant or tool)"
                         ),
-                    )),
+                        ))
+                    }
                 };
                 Ok(Message { role, content })
             })
