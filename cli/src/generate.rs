@@ -1,13 +1,65 @@
-//! What `glint run` and `glint chat` share: the sampling flags, loading a model (path or Hugging Face
-//! repo id) with a progress bar, streaming generated text to the terminal, and the summary line.
+//! What the subcommands share: the model flags (run, chat, bench, serve), the sampling flags (run,
+//! chat), loading a model (path or Hugging Face repo id) with a progress bar, streaming generated text
+//! to the terminal, and the summary line.
 
 use clap::Args;
+use glint::kernels::KvType;
+use glint::quant::QuantType;
 use glint::stop::StopFilter;
 use glint::{Flow, GenerateOptions, Generation, LoadOptions, Model};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The model flags of `glint run`, `chat`, `bench` and `serve`: which model, how to load it, which GPU.
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// Model: a directory (config.json, model.safetensors, tokenizer.json, ...), a GGUF file, or a
+    /// Hugging Face repo id, downloaded into the Hugging Face cache (HF_HOME, HF_HUB_CACHE; HF_HUB_OFFLINE=1
+    /// uses the cache only).
+    #[arg(short = 'm', long, value_name = "PATH|REPO", default_value = glint::hub::DEFAULT_MODEL)]
+    pub model: String,
+    /// Quantize a safetensors model's matrices at load: q8_0, q4_0, q4_k, f16, ... (K-quants fall back
+    /// to Q5_0 where rows are not a multiple of 256, as llama.cpp does; the fallbacks are listed).
+    #[arg(long, value_parser = parse_quant)]
+    pub quant: Option<QuantType>,
+    /// KV cache element type: f16 (half the memory) or f32. Default: f16 where the device has
+    /// SHADER_F16, else f32.
+    #[arg(long = "kv-type", visible_alias = "cache-type", value_name = "T", value_parser = parse_kv_type)]
+    pub kv_type: Option<KvType>,
+    #[command(flatten)]
+    pub gpu: crate::GpuArgs,
+}
+
+impl ModelArgs {
+    /// Load options with these flags' quantization, KV cache type and GPU; the rest default.
+    pub fn load_options(&self) -> glint::Result<LoadOptions> {
+        Ok(LoadOptions {
+            gpu: self.gpu.options()?,
+            quant: self.quant,
+            kv_type: self.kv_type,
+            ..Default::default()
+        })
+    }
+
+    /// The model's local path: the path given, or the repo id resolved through the Hugging Face cache
+    /// (downloading it unless offline; progress on stderr unless `quiet`).
+    pub fn resolve(&self, quiet: bool) -> glint::Result<PathBuf> {
+        glint::hub::resolve_model(&self.model, !quiet)
+    }
+}
+
+fn parse_quant(s: &str) -> Result<QuantType, String> {
+    QuantType::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = QuantType::ALL.iter().map(|t| t.name()).collect();
+        format!("'{s}' is not one of {}", names.join(", ").to_lowercase())
+    })
+}
+
+fn parse_kv_type(s: &str) -> Result<KvType, String> {
+    KvType::parse(s).ok_or_else(|| format!("'{s}' is not one of f16, f32"))
+}
 
 /// Sampling flags (llama.cpp's names). Each one given overrides the model's own default from its
 /// generation_config.json; the others keep it.
@@ -89,7 +141,7 @@ impl SamplingArgs {
 }
 
 /// A random seed without a random-number crate: std's randomly keyed hasher over the time and pid.
-fn random_seed() -> u64 {
+pub fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     let now = std::time::SystemTime::now()
@@ -104,11 +156,17 @@ fn random_seed() -> u64 {
 /// onto the GPU, with a progress bar on stderr unless `quiet` (hidden anyway when stderr is not a
 /// terminal). Prints the one-line load report unless `quiet`.
 pub fn load_model(
-    model: &str,
-    mut opts: LoadOptions,
+    model: &ModelArgs,
+    opts: LoadOptions,
     quiet: bool,
 ) -> glint::Result<(Model, PathBuf)> {
-    let path = glint::hub::resolve_model(model, !quiet)?;
+    let path = model.resolve(quiet)?;
+    let model = load_path(&path, opts, quiet)?;
+    Ok((model, path))
+}
+
+/// [`load_model`] for a resolved path.
+pub fn load_path(path: &Path, mut opts: LoadOptions, quiet: bool) -> glint::Result<Model> {
     let bar = if quiet {
         ProgressBar::hidden()
     } else {
@@ -127,7 +185,7 @@ pub fn load_model(
         b.set_position(done);
         b.set_message(name.to_string());
     }));
-    let loaded = Model::load(&path, opts);
+    let loaded = Model::load(path, opts);
     bar.finish_and_clear();
     let model = loaded?;
     if !quiet {
@@ -142,7 +200,7 @@ pub fn load_model(
             model.ctx_size()
         );
     }
-    Ok((model, path))
+    Ok(model)
 }
 
 /// The outcome of [`stream`].

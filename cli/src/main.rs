@@ -10,6 +10,7 @@ mod chat;
 mod generate;
 mod lab;
 mod run;
+mod serve;
 
 #[derive(Parser)]
 #[command(
@@ -36,6 +37,9 @@ enum Cmd {
     Run(run::RunArgs),
     /// Chat with a model interactively: multi-turn, the KV cache reused across turns; /help for commands.
     Chat(chat::ChatArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API, decoding several requests at once in
+    /// batched steps (continuous batching).
+    Serve(serve::ServeArgs),
     /// Benchmark a model like llama-bench: prompt processing (pp) and generation (tg) in tokens/s.
     Bench(bench::BenchArgs),
     /// Kernel lab: every kernel validated against its CPU reference, then timed (GPU timestamps); the
@@ -54,8 +58,8 @@ enum Cmd {
     },
 }
 
-#[derive(Args, Clone)]
-struct GpuArgs {
+#[derive(Args, Clone, Debug)]
+pub struct GpuArgs {
     /// Graphics API: vulkan, metal, dx12 or gl (default: the best available; WGPU_BACKEND is honoured).
     #[arg(long)]
     backend: Option<String>,
@@ -77,14 +81,6 @@ impl GpuArgs {
     }
 }
 
-fn parse_quant(s: &str) -> Result<glint::quant::QuantType, String> {
-    use glint::quant::QuantType as Q;
-    match Q::parse(s) {
-        Some(q @ (Q::Q8_0 | Q::Q4_0 | Q::Q4_K | Q::F16)) => Ok(q),
-        _ => Err(format!("'{s}' is not one of q8_0, q4_0, q4_k, f16")),
-    }
-}
-
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
@@ -94,6 +90,7 @@ fn main() -> ExitCode {
         Cmd::Chat(a) => chat::chat(a),
         Cmd::Bench(a) => bench::bench(a),
         Cmd::Lab(a) => lab::lab(a),
+        Cmd::Serve(a) => serve::serve(a),
         Cmd::Tokenize { model, file, text } => tokenize(model, file, text),
     };
     match result {

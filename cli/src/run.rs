@@ -1,6 +1,6 @@
 //! `glint run`: one generation from a prompt, a message list or raw ids, streamed to stdout.
 
-use crate::generate::{load_model, stream, summary, SamplingArgs};
+use crate::generate::{load_model, stream, summary, ModelArgs, SamplingArgs};
 use clap::Args;
 use glint::chat::Message;
 use glint::{GenerateOptions, LoadOptions};
@@ -9,11 +9,8 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// Model: a directory (config.json, model.safetensors, tokenizer.json, ...), a GGUF file, or a
-    /// Hugging Face repo id, downloaded into the Hugging Face cache (HF_HOME, HF_HUB_CACHE; HF_HUB_OFFLINE=1
-    /// uses the cache only).
-    #[arg(short = 'm', long, value_name = "PATH|REPO", default_value = glint::hub::DEFAULT_MODEL)]
-    model: String,
+    #[command(flatten)]
+    model: ModelArgs,
     /// User prompt; rendered with the model's chat template.
     #[arg(short = 'p', long, group = "input")]
     prompt: Option<String>,
@@ -37,10 +34,6 @@ pub struct RunArgs {
     max_tokens: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
-    /// Quantize a safetensors model's matrices at load: q8_0, q4_0, q4_k or f16 (K-quants fall back to
-    /// Q5_0 where rows are not a multiple of 256, as llama.cpp does; the fallbacks are listed).
-    #[arg(long, value_parser = crate::parse_quant)]
-    quant: Option<glint::quant::QuantType>,
     /// Context size in tokens (default: min(model maximum, 4096)).
     #[arg(short = 'c', long = "ctx-size", value_name = "N")]
     ctx_size: Option<usize>,
@@ -50,8 +43,6 @@ pub struct RunArgs {
     /// No progress bars, load report or summary on stderr.
     #[arg(short = 'q', long)]
     quiet: bool,
-    #[command(flatten)]
-    gpu: crate::GpuArgs,
 }
 
 pub fn run(a: RunArgs) -> glint::Result<()> {
@@ -62,10 +53,8 @@ pub fn run(a: RunArgs) -> glint::Result<()> {
         ));
     }
     let opts = LoadOptions {
-        gpu: a.gpu.options()?,
         ctx_size: a.ctx_size,
-        quant: a.quant,
-        ..Default::default()
+        ..a.model.load_options()?
     };
     // The messages file is read before the model loads, so that a bad one fails at once.
     let messages = if a.prompt_ids.is_some() {

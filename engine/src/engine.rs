@@ -157,6 +157,66 @@ pub struct SeqStep<'a> {
 pub struct SeqSample<'a> {
     pub params: &'a SamplingParams,
     pub u: f32,
+    /// Some(n): also return the chosen token's log-probability and the n most likely tokens' (n at
+    /// most [`MAX_TOP_LOGPROBS`]; 0 = the chosen token's alone). See [`Model::step`].
+    pub top_logprobs: Option<usize>,
+}
+
+/// The most alternatives [`SeqSample::top_logprobs`] can ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// A sequence's next token from [`Model::step`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampled {
+    pub id: u32,
+    /// When [`SeqSample::top_logprobs`] asked for them.
+    pub logprobs: Option<Logprobs>,
+}
+
+/// Log-probabilities at one position: `log_softmax` of the model's raw logits over the ids the sampler
+/// may choose (before the repetition penalty, temperature and the top-k / top-p / min-p filters, as
+/// OpenAI and vLLM report them).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Logprobs {
+    /// The chosen token's.
+    pub chosen: f32,
+    /// The most likely ids with theirs, most likely first (lowest id first on ties).
+    pub top: Vec<(u32, f32)>,
+}
+
+impl Logprobs {
+    /// From one row of logits `[vocab]`: ids `>= n_valid` are left out, NaN counts as -inf; the sum is
+    /// taken in f64.
+    pub fn from_logits(row: &[f32], n_valid: usize, chosen: u32, top_n: usize) -> Logprobs {
+        let row = &row[..n_valid.min(row.len())];
+        let clean = |x: f32| if x.is_nan() { f32::NEG_INFINITY } else { x };
+        let max = row
+            .iter()
+            .map(|&x| clean(x))
+            .fold(f32::NEG_INFINITY, f32::max) as f64;
+        let sum: f64 = row.iter().map(|&x| (clean(x) as f64 - max).exp()).sum();
+        let lse = max + sum.ln();
+        let lp = |x: f32| (clean(x) as f64 - lse) as f32;
+        // The top n by one pass with a short sorted list (n <= 20).
+        let mut top: Vec<(u32, f32)> = Vec::with_capacity(top_n + 1);
+        if top_n > 0 {
+            for (id, &x) in row.iter().enumerate() {
+                let x = clean(x);
+                if top.len() == top_n && x <= top[top_n - 1].1 {
+                    continue;
+                }
+                let at = top.partition_point(|&(_, y)| y >= x);
+                top.insert(at, (id as u32, x));
+                top.truncate(top_n);
+            }
+        }
+        Logprobs {
+            chosen: row
+                .get(chosen as usize)
+                .map_or(f32::NEG_INFINITY, |&x| lp(x)),
+            top: top.into_iter().map(|(id, x)| (id, lp(x))).collect(),
+        }
+    }
 }
 
 /// Refuse, before anything is allocated, a context whose per-slot buffers cannot exist on this device:
@@ -736,7 +796,15 @@ impl Model {
     /// Like [`Model::feed`], but the next id is drawn by the GPU sampler with `params` and the uniform
     /// draw `u` (the repetition penalty covers the cache, `ids` included). Only the id is read back.
     pub fn feed_sampled(&mut self, ids: &[u32], params: &SamplingParams, u: f32) -> Result<u32> {
-        self.feed_slot(0, ids, Some(SeqSample { params, u }))
+        self.feed_slot(
+            0,
+            ids,
+            Some(SeqSample {
+                params,
+                u,
+                top_logprobs: None,
+            }),
+        )
     }
 
     /// Feed one slot's ids in calls of at most `max_batch` tokens; the last call samples.
@@ -752,6 +820,7 @@ impl Model {
         let sample = sample.unwrap_or(SeqSample {
             params: &greedy,
             u: 0.0,
+            top_logprobs: None,
         });
         let n_chunks = ids.len().div_ceil(self.acts.batch);
         let mut next = 0;
@@ -773,6 +842,74 @@ impl Model {
     /// cache, and those with `sample` get their next token (in the order of `seqs`; None for the
     /// others). At most `max_batch` tokens and `max_outputs` samples per call, each slot at most once.
     pub fn step_batch(&mut self, seqs: &[SeqStep]) -> Result<Vec<Option<u32>>> {
+        Ok(self
+            .step(seqs)?
+            .into_iter()
+            .map(|s| s.map(|s| s.id))
+            .collect())
+    }
+
+    /// [`Model::step_batch`], with each output's log-probabilities where its [`SeqSample::top_logprobs`]
+    /// asks for them ([`Model::output_logprobs`]).
+    pub fn step(&mut self, seqs: &[SeqStep]) -> Result<Vec<Option<Sampled>>> {
+        let ids = self.step_ids(seqs)?;
+        let mut want = Vec::new();
+        let mut row = 0;
+        for (s, id) in seqs.iter().zip(&ids) {
+            if let (Some(x), Some(id)) = (s.sample, id) {
+                if let Some(n) = x.top_logprobs {
+                    want.push((row, *id, n));
+                }
+                row += 1;
+            }
+        }
+        let mut lps = self.output_logprobs(&want)?.into_iter();
+        Ok(seqs
+            .iter()
+            .zip(ids)
+            .map(|(s, id)| {
+                let asked = s.sample.is_some_and(|x| x.top_logprobs.is_some());
+                id.map(|id| Sampled {
+                    id,
+                    logprobs: if asked { lps.next() } else { None },
+                })
+            })
+            .collect())
+    }
+
+    /// Log-probabilities of the latest call's outputs: for each `(output row, chosen id, top n)`, the
+    /// chosen id's and the `n` most likely ids' ([`Logprobs::from_logits`]).
+    ///
+    /// For now this reads each asked row of `acts.logits` (`[max_out, vocab]` f32) back and computes
+    /// the log-softmax and top-n on the CPU: a `vocab * 4`-byte read per row that asks (600 KB for
+    /// Qwen2), paid only by requests that want logprobs. The lead moves it onto the GPU log-softmax /
+    /// top-k kernel of `glint perplexity` (shaders/logprobs.wgsl) when merging, so that only the top-n
+    /// come back; callers keep this signature.
+    pub fn output_logprobs(&self, rows: &[(usize, u32, usize)]) -> Result<Vec<Logprobs>> {
+        let vocab = self.cfg.vocab;
+        rows.iter()
+            .map(|&(row, chosen, n)| {
+                if row >= self.acts.max_out {
+                    return Err(Error::Input(format!(
+                        "output row {row} does not exist ({} rows)",
+                        self.acts.max_out
+                    )));
+                }
+                if n > MAX_TOP_LOGPROBS {
+                    return Err(Error::Input(format!(
+                        "top_logprobs = {n}, expected at most {MAX_TOP_LOGPROBS}"
+                    )));
+                }
+                let logits = self
+                    .gpu
+                    .read_f32(&self.acts.logits, (row * vocab) as u64, vocab)?;
+                Ok(Logprobs::from_logits(&logits, self.n_valid, chosen, n))
+            })
+            .collect()
+    }
+
+    /// The batched call itself: the next id of each sequence that samples.
+    fn step_ids(&mut self, seqs: &[SeqStep]) -> Result<Vec<Option<u32>>> {
         let n_tokens: usize = seqs.iter().map(|s| s.tokens.len()).sum();
         if n_tokens == 0 || n_tokens > self.acts.batch {
             return Err(Error::Input(format!(

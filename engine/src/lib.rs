@@ -40,6 +40,7 @@ pub mod quant;
 pub mod reference;
 pub mod safetensors_loader;
 pub mod sampler;
+pub mod scheduler;
 pub mod stop;
 pub mod tokenizer;
 pub mod uniforms;

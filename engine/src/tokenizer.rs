@@ -242,6 +242,23 @@ impl Tokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// The bytes one token stands for (OpenAI's logprobs `bytes`): a byte-level BPE token's own bytes,
+    /// which may be part of a multi-byte character; an added token's text; for other vocabularies,
+    /// the token decoded alone. Ids outside the vocabulary are an error.
+    pub fn token_bytes(&self, id: u32) -> Result<Vec<u8>> {
+        let added = self.inner.get_added_vocabulary().get_added_tokens_decoder();
+        if let Some(t) = added.get(&id) {
+            return Ok(t.content.clone().into_bytes());
+        }
+        if let Some(piece) = self.inner.id_to_token(id) {
+            let bytes: Option<Vec<u8>> = piece.chars().map(byte_of_char).collect();
+            if let Some(b) = bytes {
+                return Ok(b);
+            }
+        }
+        Ok(self.decode(&[id], false)?.into_bytes())
+    }
+
     /// Number of ids the tokenizer defines (vocabulary + added tokens, i.e. the highest id + 1): ids at
     /// or above this are padding rows of the embedding and must never be sampled.
     pub fn n_defined(&self) -> usize {
@@ -257,6 +274,22 @@ impl Tokenizer {
             prefix_len: 0,
         }
     }
+}
+
+/// The byte a character of a byte-level BPE token stands for (GPT-2's `bytes_to_unicode`, inverted):
+/// printable Latin-1 bytes are themselves, the other 68 bytes are U+0100.. in byte order.
+fn byte_of_char(c: char) -> Option<u8> {
+    let printable = |b: u32| {
+        (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+    };
+    let c = c as u32;
+    if c < 0x100 {
+        return printable(c).then_some(c as u8);
+    }
+    (0..=255u32)
+        .filter(|&b| !printable(b))
+        .nth((c - 0x100) as usize)
+        .map(|b| b as u8)
 }
 
 /// Incremental detokenizer for streaming: push one id at a time, get back the text that is now
