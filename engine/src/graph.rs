@@ -118,15 +118,18 @@ struct LinearOp {
     single: Dispatch,
     /// matvec over blocks of `Shapes::block_tokens` tokens.
     blocks: Dispatch,
+    /// matvec over blocks of `Shapes::half_block_tokens` tokens, for calls of at most that many.
+    half_blocks: Option<(u32, Dispatch)>,
     /// The tiled matmul, from `tiled_from` tokens on (devices that have it).
     tiled: Option<(u32, Dispatch)>,
 }
 
 impl LinearOp {
     fn pick(&self, n: u32) -> &Dispatch {
-        match &self.tiled {
+        match (&self.tiled, &self.half_blocks) {
             _ if n <= 1 => &self.single,
-            Some((from, d)) if n >= *from => d,
+            (Some((from, d)), _) if n >= *from => d,
+            (_, Some((upto, d))) if n <= *upto => d,
             _ => &self.blocks,
         }
     }
@@ -604,11 +607,17 @@ impl<'a> Graph<'a> {
         let kernels = [
             LinearKernel::Single,
             LinearKernel::Blocks,
+            LinearKernel::HalfBlocks,
             LinearKernel::Tiled,
         ];
         let mut pipes = vec![];
         for k in kernels {
-            if k == LinearKernel::Tiled && shapes.tiled_from.is_none() {
+            let absent = match k {
+                LinearKernel::Tiled => shapes.tiled_from.is_none(),
+                LinearKernel::HalfBlocks => shapes.half_block_tokens().is_none(),
+                _ => false,
+            };
+            if absent {
                 pipes.push(None);
                 continue;
             }
@@ -655,14 +664,19 @@ impl<'a> Graph<'a> {
                 "matvec_tok",
                 Grid::Rows(row_groups, shapes.block_tokens, count),
             );
+            let half_blocks = shapes.half_block_tokens().map(|tok| {
+                let grid = Grid::Rows(row_groups, tok, count);
+                (tok, make(self, 2, "matvec_tok", grid))
+            });
             let tiled = shapes.tiled_from.map(|from| {
                 let grid = Grid::Tiles((c.rows as u32).div_ceil(32), 32, count);
-                (from, make(self, 2, "matmul", grid))
+                (from, make(self, 3, "matmul", grid))
             });
             self.plan.ops.push(Op::Linear(LinearOp {
                 count,
                 single,
                 blocks,
+                half_blocks,
                 tiled,
             }));
         }

@@ -177,6 +177,13 @@ impl Shapes {
         }
     }
 
+    /// Tokens per workgroup of the half-block matvec (`LinearKernel::HalfBlocks`): half of
+    /// `block_tokens` when that is at least 4, else none (calls of 2 or more tokens then take the full
+    /// blocks).
+    pub fn half_block_tokens(&self) -> Option<u32> {
+        (self.block_tokens >= 4).then_some(self.block_tokens / 2)
+    }
+
     /// Rows per matvec workgroup.
     pub fn rows_per_wg(&self) -> u32 {
         self.matvec_wg / self.tpr
@@ -220,6 +227,10 @@ pub enum LinearKernel {
     Single,
     /// matvec over blocks of `Shapes::block_tokens` tokens.
     Blocks,
+    /// matvec over blocks of half as many ([`Shapes::half_block_tokens`]): a call of a few tokens
+    /// (batched decode of 2 to 4 sequences) does not pay for a full block's arithmetic, which every
+    /// workgroup does whatever its token count.
+    HalfBlocks,
     /// The tiled matmul.
     Tiled,
 }
@@ -503,6 +514,7 @@ impl Kernels {
                 }
                 let tok = match kernel {
                     LinearKernel::Single => 1,
+                    LinearKernel::HalfBlocks => sh.half_block_tokens().unwrap_or(sh.block_tokens),
                     _ => sh.block_tokens,
                 };
                 let rpi = if s.glu {
