@@ -33,6 +33,7 @@ pub mod gpu;
 pub mod graph;
 pub mod hub;
 pub mod kernels;
+pub mod logprobs;
 pub mod model;
 pub mod quant;
 pub mod reference;
