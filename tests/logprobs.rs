@@ -63,17 +63,8 @@ fn run_case(g: &glint::gpu::Gpu, k: &LogprobKernel, c: &Case) {
         n_req: c.n_req,
         top_k: c.top_k,
     };
-    let got = k
-        .run(g, &buf, c.row_stride, n_rows, &spec, &c.req)
-        .unwrap();
-    let want = reference::logprobs(
-        &c.logits,
-        c.row_stride,
-        c.n_valid,
-        &c.req,
-        c.n_req,
-        c.top_k,
-    );
+    let got = k.run(g, &buf, c.row_stride, n_rows, &spec, &c.req).unwrap();
+    let want = reference::logprobs(&c.logits, c.row_stride, c.n_valid, &c.req, c.n_req, c.top_k);
     compare(&format!("{} (wg {})", c.label, k.wg()), &got, &want);
 }
 
@@ -124,7 +115,8 @@ fn cases() -> Vec<Case> {
     let ninf = f32::NEG_INFINITY;
     let small = vec![
         1.0, 3.0, 3.0, -2.0, 3.0, ninf, 0.5, 3.0, 9.0, 9.0, // row 0: ties at 3.0, n_valid 8
-        ninf, ninf, 2.0, ninf, ninf, ninf, -1.0, ninf, 0.0, 0.0, // row 1: two finite below n_valid
+        ninf, ninf, 2.0, ninf, ninf, ninf, -1.0, ninf, 0.0,
+        0.0, // row 1: two finite below n_valid
         0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, // row 2: all equal
     ];
     v.push(Case {

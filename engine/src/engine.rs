@@ -135,6 +135,8 @@ pub struct Model {
     decode: Plan,
     prefill: Plan,
     all_logits: Option<(Plan, wgpu::Buffer, usize)>,
+    /// The log-probability kernel of [`Model::score`] (perplexity.rs), built on first use.
+    pub(crate) scorer: Option<crate::logprobs::LogprobKernel>,
     readback: wgpu::Buffer,
     sampler: GpuSampler,
     n_valid: usize,
@@ -391,6 +393,7 @@ impl Model {
             decode,
             prefill,
             all_logits: None,
+            scorer: None,
             readback,
             sampler,
             n_valid,
@@ -593,7 +596,33 @@ impl Model {
 
     /// Run `ids` through the model and return the logits at every position (tests, scoring).
     pub fn forward_all_logits(&mut self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let vocab = self.cfg.vocab;
+        let mut out = Vec::with_capacity(ids.len());
+        self.forward_logits_gpu(ids, 0, &mut |gpu, buf, _, rows| {
+            let v = gpu.read_f32(buf, 0, rows * vocab)?;
+            out.extend(v.chunks(vocab).map(|r| r.to_vec()));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Run `ids` through the model (appended to the cache) and leave the logits of positions
+    /// `first_logits..` on the GPU: the ids before `first_logits` go through the prefill plan (no LM
+    /// head but the last token's), the rest through the all-logits plan in calls of at most as many
+    /// rows as one binding holds. After each such call, `on_logits(gpu, logits, i0, rows)` gets the
+    /// buffer whose rows `0..rows` ([rows, vocab] f32) are the logits of `ids[i0..i0 + rows]`.
+    /// Nothing is read back here: the callback runs its own kernels on the buffer (perplexity.rs).
+    pub fn forward_logits_gpu(
+        &mut self,
+        ids: &[u32],
+        first_logits: usize,
+        on_logits: &mut dyn FnMut(&Gpu, &wgpu::Buffer, usize, usize) -> Result<()>,
+    ) -> Result<()> {
         self.check_ids(ids)?;
+        let first = first_logits.min(ids.len());
+        if first > 0 {
+            self.step(&ids[..first], None)?;
+        }
         if self.all_logits.is_none() {
             let row = (self.cfg.vocab * 4) as u64;
             let rows = ((self.gpu.caps.max_storage_binding / row) as usize).min(self.acts.batch);
@@ -614,17 +643,17 @@ impl Model {
             self.all_logits = Some((g.finish(), buf, rows));
         }
         let (plan, buf, rows) = self.all_logits.as_ref().expect("built above");
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(*rows) {
+        let mut i0 = first;
+        for chunk in ids[first..].chunks(*rows) {
             self.write_step(chunk);
             let mut enc = self.gpu.device.create_command_encoder(&Default::default());
             plan.record(&mut enc, chunk.len() as u32);
             self.gpu.queue.submit([enc.finish()]);
-            let v = self.gpu.read_f32(buf, 0, chunk.len() * self.cfg.vocab)?;
-            out.extend(v.chunks(self.cfg.vocab).map(|r| r.to_vec()));
+            on_logits(&self.gpu, buf, i0, chunk.len())?;
             self.cache.extend_from_slice(chunk);
+            i0 += chunk.len();
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Greedy generation: see [`Model::generate_with`].

@@ -35,6 +35,7 @@ pub mod hub;
 pub mod kernels;
 pub mod logprobs;
 pub mod model;
+pub mod perplexity;
 pub mod quant;
 pub mod reference;
 pub mod safetensors_loader;

@@ -199,7 +199,10 @@ impl LogprobKernel {
     ) -> Result<()> {
         let bad = |m: String| Err(Error::Gpu(format!("logprobs: {m}")));
         if n_rows == 0 || n_rows > self.max_rows {
-            return bad(format!("{n_rows} rows, the kernel was built for 1..={}", self.max_rows));
+            return bad(format!(
+                "{n_rows} rows, the kernel was built for 1..={}",
+                self.max_rows
+            ));
         }
         if spec.n_req > self.max_req {
             return bad(format!(
@@ -237,7 +240,8 @@ impl LogprobKernel {
             top_k: spec.top_k as u32,
             _pad: [0; 3],
         };
-        gpu.queue.write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
+        gpu.queue
+            .write_buffer(&self.params, 0, bytemuck::bytes_of(&p));
         if !req.is_empty() {
             gpu.queue
                 .write_buffer(&self.req, 0, bytemuck::cast_slice(req));
@@ -258,12 +262,16 @@ impl LogprobKernel {
         let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("logprobs"),
             layout: &self.pipeline.get_bind_group_layout(0),
-            entries: &[(0, &self.params), (1, logits), (2, &self.req), (3, &self.out)].map(
-                |(binding, buf)| wgpu::BindGroupEntry {
-                    binding,
-                    resource: buf.as_entire_binding(),
-                },
-            ),
+            entries: &[
+                (0, &self.params),
+                (1, logits),
+                (2, &self.req),
+                (3, &self.out),
+            ]
+            .map(|(binding, buf)| wgpu::BindGroupEntry {
+                binding,
+                resource: buf.as_entire_binding(),
+            }),
         });
         {
             let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {

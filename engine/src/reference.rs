@@ -194,7 +194,9 @@ pub fn logprobs(
                     }
                 })
                 .collect();
-            let mut order: Vec<usize> = (0..n_valid).filter(|&i| row[i] > f32::NEG_INFINITY).collect();
+            let mut order: Vec<usize> = (0..n_valid)
+                .filter(|&i| row[i] > f32::NEG_INFINITY)
+                .collect();
             // Larger logit first, then lower id (a stable sort keeps ids ascending among equals).
             order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
             let top = order
