@@ -8,6 +8,7 @@ use std::process::ExitCode;
 mod bench;
 mod chat;
 mod generate;
+mod perplexity;
 mod run;
 
 #[derive(Parser)]
@@ -37,6 +38,8 @@ enum Cmd {
     Chat(chat::ChatArgs),
     /// Benchmark a model like llama-bench: prompt processing (pp) and generation (tg) in tokens/s.
     Bench(bench::BenchArgs),
+    /// Perplexity of a text, and KL divergence against a base model's file, as llama-perplexity.
+    Perplexity(perplexity::PerplexityArgs),
     /// Print the token ids of a text as a JSON array (special tokens written in the text are recognised).
     Tokenize {
         /// Model directory (tokenizer.json) or GGUF file.
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run::run(a),
         Cmd::Chat(a) => chat::chat(a),
         Cmd::Bench(a) => bench::bench(a),
+        Cmd::Perplexity(a) => perplexity::perplexity(a),
         Cmd::Tokenize { model, file, text } => tokenize(model, file, text),
     };
     match result {
