@@ -362,6 +362,7 @@ impl Chunking {
 /// Score chunk `i` of `tokens` as llama-perplexity does: from an empty cache, positions
 /// `first ..= n_ctx - 2` of the chunk, each predicting the chunk's next id. `extra` / `n_extra` as in
 /// [`ScoreOptions`] (one row per scored position of this chunk).
+#[allow(clippy::too_many_arguments)]
 pub fn score_chunk(
     model: &mut Model,
     c: &Chunking,
@@ -454,7 +455,11 @@ pub fn tokens_sha256(ids: &[u32]) -> [u8; 32] {
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    use std::fmt::Write;
+    b.iter().fold(String::new(), |mut s, x| {
+        let _ = write!(s, "{x:02x}");
+        s
+    })
 }
 
 pub const KL_MAGIC: &[u8; 8] = b"GLINTKLD";
