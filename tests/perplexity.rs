@@ -338,7 +338,11 @@ fn kl_base_round_trip_against_full_logits() {
             want_same += (argmax(p) == argmax(q)) as usize;
         }
     }
-    assert_eq!(stats.count(), 14, "2 chunks of 16: positions 8..=14 in each");
+    assert_eq!(
+        stats.count(),
+        14,
+        "2 chunks of 16: positions 8..=14 in each"
+    );
     for (j, (g, w)) in stats.kld_values.iter().zip(&want_kl).enumerate() {
         assert!(
             (*g as f64 - w).abs() <= 1e-5 + 1e-3 * w.abs(),
