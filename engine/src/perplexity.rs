@@ -979,7 +979,7 @@ impl KlStats {
         let median = |v: &[f32]| {
             if v.is_empty() {
                 f64::NAN
-            } else if v.len() % 2 == 0 {
+            } else if v.len().is_multiple_of(2) {
                 0.5 * (v[v.len() / 2] as f64 + v[v.len() / 2 - 1] as f64)
             } else {
                 v[v.len() / 2] as f64
