@@ -31,7 +31,7 @@
 
 use glint::bench::{fmt_load, load_average, Machine};
 use glint::gpu::{Gpu, GpuOptions};
-use glint::graph::{Graph, Linear, LinearKind, Plan, StepUniform};
+use glint::graph::{Graph, Heads, KvLayer, Linear, Plan, StepBuffers};
 use glint::kernels::{Kernels, Shapes};
 use glint::reference as r;
 use glint::weights::{gpu_row_bytes, HostMatrix, Matrix, QuantType};
@@ -145,7 +145,7 @@ struct Lab {
     /// The device's kernel shapes, with prefill over blocks of 8 tokens, and with the tiled matmul.
     k_tok: Kernels,
     k_tiled: Kernels,
-    step: wgpu::Buffer,
+    step: StepBuffers,
     dummy: wgpu::Buffer,
     clock: Clock,
     quick: bool,
@@ -271,7 +271,10 @@ impl Lab {
         };
         bracket(&mut enc, Some(0), None);
         if let Some(p) = plan {
-            p.record(&mut enc, n_tokens);
+            p.record(
+                &mut enc,
+                glint::graph::CallShape::new(n_tokens as usize, n_tokens as usize),
+            );
         }
         if let Some((src, dst)) = copy {
             enc.copy_buffer_to_buffer(src, 0, dst, 0, src.size());
@@ -305,15 +308,13 @@ impl Lab {
         }
     }
 
+    /// One sequence (slot 0) of `n_tokens` tokens at positions pos0 .., every token an output.
     fn write_step(&self, n_tokens: u32, pos0: u32) {
-        let s = StepUniform {
-            n_tokens,
-            pos0,
-            _pad: [0; 2],
-        };
-        self.gpu
-            .queue
-            .write_buffer(&self.step, 0, bytemuck::bytes_of(&s));
+        let meta: Vec<[u32; 2]> = (0..n_tokens).map(|t| [0, pos0 + t]).collect();
+        let out_rows: Vec<u32> = (0..n_tokens).collect();
+        self.step
+            .write(&self.gpu.queue, &meta, &out_rows, 1)
+            .expect("step");
     }
 
     fn plan(&self, k: &Kernels, times: usize, record: &dyn Fn(&mut Graph<'_>)) -> Plan {
@@ -321,7 +322,7 @@ impl Lab {
         for _ in 0..times {
             record(&mut g);
         }
-        g.finish()
+        g.finish().expect("plan")
     }
 
     /// Run the case once and validate it, then time it (quick mode: the validated run is the timing).
@@ -471,20 +472,15 @@ impl Lab {
                 };
                 let lin = Linear { w, b: None };
                 let (xb, yb) = (self.buf(&x), self.zeros(rows));
-                let row = self.case(
-                    meta,
-                    &self.k_tok,
-                    &|g| g.linear(&lin, &xb, &yb, false, LinearKind::Vec),
-                    &|lab| {
-                        let all = lab.read(&yb, 0, rows);
-                        let got: Vec<f32> = match &keep {
-                            None => all,
-                            Some(k) => k.iter().map(|&i| all[i]).collect(),
-                        };
-                        let want = r::linear(&seen, cols, &x, None, None);
-                        check_linear(&got, &want, &seen, cols, &x)
-                    },
-                );
+                let row = self.case(meta, &self.k_tok, &|g| g.linear(&lin, &xb, &yb), &|lab| {
+                    let all = lab.read(&yb, 0, rows);
+                    let got: Vec<f32> = match &keep {
+                        None => all,
+                        Some(k) => k.iter().map(|&i| all[i]).collect(),
+                    };
+                    let want = r::linear(&seen, cols, &x, None, None);
+                    check_linear(&got, &want, &seen, cols, &x)
+                });
                 self.rows.push(row);
             }
         }
@@ -565,7 +561,7 @@ impl Lab {
                             ..meta(tiled)
                         },
                         k,
-                        &|g| g.linear(&lin, &xb, &yb, false, LinearKind::Mat),
+                        &|g| g.linear(&lin, &xb, &yb),
                         &|lab| {
                             let got: Vec<f32> = sample
                                 .iter()
@@ -588,6 +584,11 @@ impl Lab {
         } else {
             &[128, 1024, 4096]
         };
+        let heads = Heads {
+            n_heads: N_HEADS,
+            n_kv_heads: N_KV,
+            head_dim: HEAD_DIM,
+        };
         for &ctx in ctxs {
             let (qd, kvd) = (N_HEADS * HEAD_DIM, N_KV * HEAD_DIM);
             let meta = Meta {
@@ -607,11 +608,18 @@ impl Lab {
             let q = rng.vec(qd, 1.0);
             let kc = rng.vec(ctx * kvd, 1.0);
             let vc = rng.vec(ctx * kvd, 1.0);
-            let (qb, kb, vb, out) = (self.buf(&q), self.buf(&kc), self.buf(&vc), self.zeros(qd));
+            let (qb, out) = (self.buf(&q), self.zeros(qd));
+            let part = self.zeros(N_HEADS * 16 * (HEAD_DIM + 2));
+            let cache = KvLayer {
+                k: self.buf(&kc),
+                v: self.buf(&vc),
+                slot_rows: ctx,
+                kv_type: glint::kernels::KvType::F32,
+            };
             let row = self.case(
                 meta,
                 &self.k_tok,
-                &|g| g.attention(&qb, &kb, &vb, &out, N_HEADS, N_KV, HEAD_DIM),
+                &|g| g.attention(&qb, qd, &cache, &out, &part, heads),
                 &|lab| {
                     let want = r::attention(&q, &kc, &vc, N_HEADS, N_KV, HEAD_DIM, ctx - 1);
                     check_close(&lab.read(&out, 0, qd), &want, 0.0, 1e-5)
@@ -643,7 +651,7 @@ impl Lab {
             let row = self.case(
                 meta,
                 &self.k_tok,
-                &|g| g.rms_norm(&xb, &wb, &yb, HIDDEN, 1e-6, false),
+                &|g| g.rms_norm(&xb, &wb, &yb, HIDDEN, 1e-6),
                 &|lab| {
                     let want = r::rms_norm(&x, &w, 1e-6);
                     check_close(&lab.read(&yb, 0, n * HIDDEN), &want, 1e-5, 0.0)
@@ -653,73 +661,64 @@ impl Lab {
         }
     }
 
-    /// rope_q on 1 and 512 tokens, and store_kv (rotate k, append k and v to the cache) on 1 token.
+    /// rope_store (RoPE of q in place and of k, k and v appended to the cache) on 1 and 512 tokens.
     fn rope(&mut self) {
-        let (qd, kvd) = (N_HEADS * HEAD_DIM, N_KV * HEAD_DIM);
+        let heads = Heads {
+            n_heads: N_HEADS,
+            n_kv_heads: N_KV,
+            head_dim: HEAD_DIM,
+        };
+        let (qd, kvd, width) = (heads.q_dim(), heads.kv_dim(), heads.qkv_dim());
         let ctx = PREFILL + 64;
         for n in [1, PREFILL] {
             let pos0 = if n == 1 { 63 } else { 0 };
             let meta = Meta {
-                kernel: "rope_q",
+                kernel: "rope_store",
                 variant: String::new(),
-                shape: format!("{n}x{N_HEADS}x{HEAD_DIM}"),
+                shape: format!("{n}x({N_HEADS}+{N_KV})x{HEAD_DIM}"),
                 ty: "F32".into(),
                 n_tokens: n as u32,
                 pos0: pos0 as u32,
-                bytes: ((2 * n * qd + n * HEAD_DIM) * 4) as f64,
-                flops: (n * qd * 3) as f64,
+                bytes: ((n * (2 * qd + 4 * kvd) + n * HEAD_DIM) * 4) as f64,
+                flops: (n * (qd + kvd) * 3) as f64,
             };
             if !self.wanted(&meta) {
                 continue;
             }
             let mut rng = Rng::new(3 + n as u64);
             let table = self.buf(&glint::graph::rope_table(ctx, HEAD_DIM, THETA));
-            let q = rng.vec(n * qd, 1.0);
-            let qb = self.buf(&q);
+            let qkv = rng.vec(n * width, 1.0);
+            let qkv_b = self.buf(&qkv);
+            let cache = KvLayer {
+                k: self.zeros(ctx * kvd),
+                v: self.zeros(ctx * kvd),
+                slot_rows: ctx,
+                kv_type: glint::kernels::KvType::F32,
+            };
             let row = self.case(
                 meta,
                 &self.k_tok,
-                &|g| g.rope_q(&qb, &table, N_HEADS, HEAD_DIM),
+                &|g| g.rope_store(&qkv_b, None, 0.0, &table, &cache, heads),
                 &|lab| {
-                    let mut want = q.clone();
-                    r::rope(&mut want, N_HEADS, HEAD_DIM, pos0, THETA);
-                    check_close(&lab.read(&qb, 0, n * qd), &want, 0.0, 1e-5)
+                    let part = |off: usize, w: usize| -> Vec<f32> {
+                        qkv.chunks(width)
+                            .flat_map(|r| r[off..off + w].to_vec())
+                            .collect()
+                    };
+                    let (mut q, mut k, v) = (part(0, qd), part(qd, kvd), part(qd + kvd, kvd));
+                    r::rope(&mut q, N_HEADS, HEAD_DIM, pos0, THETA);
+                    r::rope(&mut k, N_KV, HEAD_DIM, pos0, THETA);
+                    let got = lab.read(&qkv_b, 0, n * width);
+                    let got_q: Vec<f32> =
+                        got.chunks(width).flat_map(|r| r[..qd].to_vec()).collect();
+                    let wq = check_close(&got_q, &q, 0.0, 1e-5)?;
+                    let wk = check_close(&lab.read(&cache.k, pos0 * kvd, n * kvd), &k, 0.0, 1e-5)?;
+                    let wv = check_close(&lab.read(&cache.v, pos0 * kvd, n * kvd), &v, 0.0, 0.0)?;
+                    Ok(wq.max(wk).max(wv))
                 },
             );
             self.rows.push(row);
         }
-        let (n, pos0) = (1, 63);
-        let meta = Meta {
-            kernel: "store_kv",
-            variant: String::new(),
-            shape: format!("{n}x{N_KV}x{HEAD_DIM}"),
-            ty: "F32".into(),
-            n_tokens: n as u32,
-            pos0: pos0 as u32,
-            bytes: ((4 * n * kvd + n * HEAD_DIM) * 4) as f64,
-            flops: (n * kvd * 3) as f64,
-        };
-        if !self.wanted(&meta) {
-            return;
-        }
-        let mut rng = Rng::new(33);
-        let table = self.buf(&glint::graph::rope_table(ctx, HEAD_DIM, THETA));
-        let (kv, vv) = (rng.vec(n * kvd, 1.0), rng.vec(n * kvd, 1.0));
-        let (kb, vb) = (self.buf(&kv), self.buf(&vv));
-        let (kc, vc) = (self.zeros(ctx * kvd), self.zeros(ctx * kvd));
-        let row = self.case(
-            meta,
-            &self.k_tok,
-            &|g| g.store_kv(&kb, &vb, &kc, &vc, &table, N_KV, HEAD_DIM),
-            &|lab| {
-                let mut want = kv.clone();
-                r::rope(&mut want, N_KV, HEAD_DIM, pos0, THETA);
-                let wk = check_close(&lab.read(&kc, pos0 * kvd, n * kvd), &want, 0.0, 1e-5)?;
-                let wv = check_close(&lab.read(&vc, pos0 * kvd, n * kvd), &vv, 0.0, 0.0)?;
-                Ok(wk.max(wv))
-            },
-        );
-        self.rows.push(row);
     }
 
     /// The greedy argmax over the vocabulary (one workgroup), as at the end of every decode step.
@@ -746,7 +745,7 @@ impl Lab {
         let row = self.case(
             meta,
             &self.k_tok,
-            &|g| g.argmax(&lb, N_VALID, &out),
+            &|g| g.argmax(&lb, VOCAB, N_VALID, &out),
             &|lab| {
                 let b = lab.gpu.read_buffer(&out, 0, 4).expect("read back");
                 let got = u32::from_le_bytes(b.try_into().unwrap());
@@ -827,9 +826,9 @@ fn main() {
     let t_pipelines = Instant::now();
     let mut shapes = Shapes::for_device(&gpu.caps);
     let default_shapes = shapes.clone();
-    shapes.prefill_tok = Some(8);
+    shapes.tiled_from = None;
     let k_tok = Kernels::new(&gpu, shapes.clone()).expect("pipelines");
-    shapes.prefill_tok = None;
+    shapes.tiled_from = Some(2);
     let k_tiled = Kernels::new(&gpu, shapes).expect("pipelines");
     let pipelines_ms = t_pipelines.elapsed().as_secs_f64() * 1e3;
 
@@ -852,7 +851,7 @@ fn main() {
     } else {
         Clock::Wall
     };
-    let step = gpu.uniform_init("step", &[0u8; 16]);
+    let step = StepBuffers::new(&gpu, PREFILL, PREFILL).expect("buffers");
     let dummy = gpu.storage("dummy", 16).expect("buffer");
     let mut lab = Lab {
         gpu,

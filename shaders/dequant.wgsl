@@ -5,11 +5,11 @@
 // memory, no barriers.
 //
 // Requires from the kernel module:
-//   var<storage, read> w: array<u32>   the weights of one chunk, GPU layout of format WFMT, rows
+//   var<storage, read> w: array<u32>   the weights of one chunk, GPU layout of their format, rows
 //                                      consecutive, each row a whole number of blocks
-//   override WFMT: u32                 the format, as glint::weights::wfmt: 3 Q8_0, 4 Q4_0, 5 Q4_1,
-//                                      6 Q5_0, 7 Q5_1, 8 Q4_K, 9 Q5_K, 10 Q6_K (0..2, the float
-//                                      formats, are the kernel's own business)
+// Every function takes the format `f` (a WFMT_* code from the prelude; the float formats are the
+// kernel's own business): kernels pass an override constant, so the compiler specialises each call; a
+// fused kernel over two stacked matrices of different formats passes either of its two constants.
 //
 // Two families of functions:
 //   - dq_elem(i): element i of the row-major matrix, with the operations of dequantize_gpu in the same
@@ -23,19 +23,19 @@
 const DQ_B = vec4<u32>(0u, 8u, 16u, 24u);
 
 // Elements per block: 256 for the K-quants, 32 for the others.
-fn dq_block_size() -> u32 {
-    return select(32u, 256u, WFMT >= 8u);
+fn dq_block_size(f: u32) -> u32 {
+    return select(32u, 256u, f >= WFMT_Q4_K);
 }
 
 // u32 words per block in the GPU layout.
-fn dq_block_words() -> u32 {
-    switch WFMT {
-        case 3u: { return 9u; }
-        case 4u, 5u: { return 5u; }
-        case 6u, 7u: { return 6u; }
-        case 8u: { return 36u; }
-        case 9u: { return 44u; }
-        case 10u: { return 53u; }
+fn dq_block_words(f: u32) -> u32 {
+    switch f {
+        case WFMT_Q8_0: { return 9u; }
+        case WFMT_Q4_0, WFMT_Q4_1: { return 5u; }
+        case WFMT_Q5_0, WFMT_Q5_1: { return 6u; }
+        case WFMT_Q4_K: { return 36u; }
+        case WFMT_Q5_K: { return 44u; }
+        case WFMT_Q6_K: { return 53u; }
         default: { return 1u; }
     }
 }
@@ -76,34 +76,35 @@ fn dq_scale_min_k4(bw: u32, j: u32) -> vec2<u32> {
 // Element decoder
 // ---------------------------------------------------------------------------------------------
 
-// Element i (flat row-major index) of the matrix in w, format WFMT (3..10), as dequantize_gpu computes it.
-fn dq_elem(i: u32) -> f32 {
-    let bw = (i / dq_block_size()) * dq_block_words();
-    switch WFMT {
-        case 3u: {
+// Element i (flat row-major index) of the quantized matrix (format f) that starts at word `base` of w,
+// as dequantize_gpu computes it.
+fn dq_elem(f: u32, base: u32, i: u32) -> f32 {
+    let bw = base + (i / dq_block_size(f)) * dq_block_words(f);
+    switch f {
+        case WFMT_Q8_0: {
             // Q8_0: w0 = d; qs[32] from word 1.
             let e = i % 32u;
             return f32(dq_sext8(dq_byte(bw + 1u, e))) * dq_lo16(w[bw]);
         }
-        case 4u, 5u: {
+        case WFMT_Q4_0, WFMT_Q4_1: {
             // Q4_0 / Q4_1: element e < 16 is the low nibble of qs[e], element e >= 16 the high nibble of qs[e - 16].
             let e = i % 32u;
             let q = (dq_byte(bw + 1u, e % 16u) >> (4u * (e / 16u))) & 15u;
-            if WFMT == 4u {
+            if f == WFMT_Q4_0 {
                 return f32(i32(q) - 8) * dq_lo16(w[bw]);
             }
             return f32(q) * dq_lo16(w[bw]) + dq_hi16(w[bw]);
         }
-        case 6u, 7u: {
+        case WFMT_Q5_0, WFMT_Q5_1: {
             // Q5_0 / Q5_1: as Q4, bit e of qh (word 1) is bit 4 of element e; qs from word 2.
             let e = i % 32u;
             let q = ((dq_byte(bw + 2u, e % 16u) >> (4u * (e / 16u))) & 15u) | (((w[bw + 1u] >> e) & 1u) << 4u);
-            if WFMT == 6u {
+            if f == WFMT_Q5_0 {
                 return f32(i32(q) - 16) * dq_lo16(w[bw]);
             }
             return f32(q) * dq_lo16(w[bw]) + dq_hi16(w[bw]);
         }
-        case 8u, 9u: {
+        case WFMT_Q4_K, WFMT_Q5_K: {
             // Q4_K / Q5_K: chunk c of 64 elements reads qs[32c ..]: low nibbles are sub-block 2c, high
             // nibbles sub-block 2c + 1. Q5_K: bit 2c (+1 for the high nibble) of qh[l] (words 4..11) is bit 4.
             let e = i % 256u;
@@ -113,14 +114,14 @@ fn dq_elem(i: u32) -> f32 {
             let sm = dq_scale_min_k4(bw, 2u * c + h);
             let d = dq_lo16(w[bw]) * f32(sm.x);
             let m = dq_hi16(w[bw]) * f32(sm.y);
-            let qs = select(4u, 12u, WFMT == 9u);
+            let qs = select(4u, 12u, f == WFMT_Q5_K);
             var q = (dq_byte(bw + qs, 32u * c + l) >> (4u * h)) & 15u;
-            if WFMT == 9u {
+            if f == WFMT_Q5_K {
                 q = q + (((dq_byte(bw + 4u, l) >> (2u * c + h)) & 1u) << 4u);
             }
             return d * f32(q) - m;
         }
-        case 10u: {
+        case WFMT_Q6_K: {
             // Q6_K: half h (128 elements), quarter r (32), lane l; ql words 0..31, qh 32..47, scales
             // 48..51 (i8, one per 16 elements), d in word 52.
             let e = i % 256u;
@@ -134,7 +135,27 @@ fn dq_elem(i: u32) -> f32 {
             return dq_lo16(w[bw + 52u]) * f32(s) * f32(q);
         }
         default: {
-            return bitcast<f32>(w[i]);
+            return bitcast<f32>(w[base + i]);
+        }
+    }
+}
+
+// Element i of the matrix (format f, any: float or quantized) that starts at word `base` of w. Floats:
+// f32 one word per element; f16 / bf16 two per word, element 2j in the low half.
+fn w_elem(f: u32, base: u32, i: u32) -> f32 {
+    switch f {
+        case WFMT_F16: {
+            return unpack2x16float(w[base + i / 2u])[i % 2u];
+        }
+        case WFMT_BF16: {
+            let v = w[base + i / 2u];
+            return bitcast<f32>(select(v << 16u, v & 0xffff0000u, (i % 2u) == 1u));
+        }
+        case WFMT_F32: {
+            return bitcast<f32>(w[base + i]);
+        }
+        default: {
+            return dq_elem(f, base, i);
         }
     }
 }
@@ -147,13 +168,13 @@ fn dq_elem(i: u32) -> f32 {
 // byte, byte k holding element 4k (vec2: `x` the low-nibble elements of the word, `y` the high-nibble
 // ones). dq_ubytes / dq_centered then unpack the 4 bytes with vector shifts into vec4<f32>.
 
-// (scale, offset) of a 32-element block at word bw (WFMT 3..7): element = level * scale + offset,
+// (scale, offset) of a 32-element block (format f: Q8_0 .. Q5_1) at word bw: element = level * scale + offset,
 // for the unsigned levels (0 .. 2^bits) of Q4_1 / Q5_1; Q8_0, Q4_0 and Q5_0 have offset 0 with their
 // signed (centred) levels.
-fn dq_affine32(bw: u32) -> vec2<f32> {
+fn dq_affine32(f: u32, bw: u32) -> vec2<f32> {
     let d = dq_lo16(w[bw]);
-    switch WFMT {
-        case 5u, 7u: { return vec2<f32>(d, dq_hi16(w[bw])); }
+    switch f {
+        case WFMT_Q4_1, WFMT_Q5_1: { return vec2<f32>(d, dq_hi16(w[bw])); }
         default: { return vec2<f32>(d, 0.0); }
     }
 }

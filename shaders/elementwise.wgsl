@@ -2,24 +2,11 @@
 //
 // Bindings (group 0):
 //   0 p     uniform  EwParams
-//   1 step  uniform  Step                  (n_tokens used)
+//   1 step  uniform  Step                  (n: tokens)
 //   2 gate  storage  array<f32>  [n_tokens, cols]   (read_write: overwritten with the result)
 //   3 up    storage  array<f32>  [n_tokens, cols]
 // Workgroup: 256 invocations along cols; grid (ceil(cols / 256), n_tokens).
-
-struct EwParams {
-    cols: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-struct Step {
-    n_tokens: u32,
-    pos0: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
+// Shared structs come from the prelude (engine/src/uniforms.rs).
 
 @group(0) @binding(0) var<uniform> p: EwParams;
 @group(0) @binding(1) var<uniform> step: Step;
@@ -28,7 +15,7 @@ struct Step {
 
 @compute @workgroup_size(256)
 fn silu_mul(@builtin(global_invocation_id) gid: vec3<u32>) {
-    if gid.y >= step.n_tokens || gid.x >= p.cols {
+    if gid.y >= step.n || gid.x >= p.cols {
         return;
     }
     let i = gid.y * p.cols + gid.x;

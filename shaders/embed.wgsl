@@ -13,22 +13,8 @@
 //   4 out     storage  array<f32>   [n_tokens, cols]
 // Workgroup: 64 invocations along cols, one element each; grid (ceil(cols / 64), n_tokens).
 // WFMT: 0 = f32, 1 = f16, 2 = bf16, 3..10 = Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K (glint::weights::wfmt).
-// Quantized elements are decoded by dq_elem from dequant.wgsl (appended at pipeline creation), with the
-// operations of the CPU reference: the output equals the dequantized row bit for bit.
-
-struct EmbedParams {
-    cols: u32,
-    row_start: u32,
-    rows: u32,
-    _pad: u32,
-}
-
-struct Step {
-    n_tokens: u32,
-    pos0: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
+// Elements are decoded by w_elem from dequant.wgsl (appended at pipeline creation), with the operations
+// of the CPU reference: the output equals the dequantized row bit for bit.
 
 override WFMT: u32 = 0u;
 
@@ -38,34 +24,16 @@ override WFMT: u32 = 0u;
 @group(0) @binding(3) var<storage, read> w: array<u32>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
-fn load(i: u32) -> f32 {
-    switch WFMT {
-        case 1u: {
-            return unpack2x16float(w[i / 2u])[i % 2u];
-        }
-        case 2u: {
-            let v = w[i / 2u];
-            return bitcast<f32>(select(v << 16u, v & 0xffff0000u, (i % 2u) == 1u));
-        }
-        case 0u: {
-            return bitcast<f32>(w[i]);
-        }
-        default: {
-            return dq_elem(i);
-        }
-    }
-}
-
 @compute @workgroup_size(64)
 fn embed(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
     let t = gid.y;
-    if t >= step.n_tokens || c >= p.cols {
+    if t >= step.n || c >= p.cols {
         return;
     }
     let id = tokens[t];
     if id < p.row_start || id >= p.row_start + p.rows {
         return;
     }
-    out[t * p.cols + c] = load((id - p.row_start) * p.cols + c);
+    out[t * p.cols + c] = w_elem(WFMT, 0u, (id - p.row_start) * p.cols + c);
 }

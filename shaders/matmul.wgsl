@@ -1,41 +1,32 @@
-// Tiled matrix-matrix product for prefill (n_tokens > 1):
-//   Y[m, row_offset + n] = acc + bias[row_offset + n] + sum_k X[m, k] * W[n, k]     for m < n_tokens, n < rows
-// acc is Y's previous value when bit 1 of flags is set (the fused residual add), else 0.
+// Tiled matrix-matrix product for calls of many tokens on GPUs, with the contract and fusions of
+// matvec.wgsl / matvec_quant.wgsl:
+//   Y[m, y_offset + row_offset + n] = acc + bias[row_offset + n] + sum_k Xin[m, k] * W[n, k]
+// for m < n (tokens, or outputs), n < rows. acc is Y's previous value with LINEAR_ACCUMULATE, else 0;
+// the bias with LINEAR_BIAS. Xin is X's row m, or: GATHER X's row rows[m]; NORM rmsnorm(X row) * g (the
+// tile's 32 rows' 1 / rms computed first, x scaled by g as it is staged); GLU rows in (gate, up) pairs
+// (each invocation's two adjacent rows), output silu(gate) * up at column (row_offset + n) / 2. Two formats:
+// rows from p.split on are in WFMT2 from word p.seg_word (split on a multiple of 32).
 //
 // Bindings (group 0):
 //   0 p     uniform  MatParams
-//   1 step  uniform  Step                   (n_tokens used)
-//   2 w     storage  array<u32>  [rows, cols] of this chunk, format WFMT (see matvec.wgsl; quantized: the
-//                                GPU block layout of engine/src/quant.rs)
-//   3 x     storage  array<f32>  [n_tokens, cols]
-//   4 bias  storage  array<f32>  [row_offset + rows]   (read only when p.flags & 1)
-//   5 y     storage  array<f32>  [n_tokens, y_stride]
+//   1 step  uniform  Step                   (n: tokens, or outputs)
+//   2 w     storage  array<u32>  [rows, cols] of this chunk, any format (w_elem of dequant.wgsl)
+//   3 x     storage  array<f32>  [x rows, cols]
+//   4 bias  storage  array<f32>  [row_offset + rows]   (read only with LINEAR_BIAS)
+//   5 y     storage  array<f32>  [n, y_stride]: row n at column y_offset + row_offset + n (GLU: / 2)
+//   6 g     storage  array<f32>  [cols] the norm weight (read only when NORM)
+//   7 rows  storage  array<u32>  [n] X's row of each output (read only when GATHER)
 // Workgroup: 16 x 16 = 256 invocations computing a BM x BN = 32 x 32 tile of Y, 2 x 2 outputs each;
-// X and W tiles of BK = 32 along k are staged in workgroup memory (W decoded to f32 on the way in).
-// Grid: (ceil(rows / 32), ceil(n_tokens / 32)). WFMT: 0 = f32, 1 = f16, 2 = bf16, 3..10 = Q8_0, Q4_0, Q4_1,
-// Q5_0, Q5_1, Q4_K, Q5_K, Q6_K (glint::weights::wfmt). Quantized elements are decoded one by one with
-// dq_elem from dequant.wgsl (appended at pipeline creation): simple, and the cost is shared by the 32
-// tokens of the tile.
+// X and W tiles of BK = 32 along k are staged in workgroup memory (W decoded to f32 on the way in, one
+// element at a time with w_elem: simple, and the cost is shared by the 32 tokens of the tile).
+// Grid: (ceil(rows / 32), ceil(n / 32)).
+// Shared structs and WFMT_* codes come from the prelude (engine/src/uniforms.rs). Needs dequant.wgsl.
 
-struct MatParams {
-    rows: u32,
-    cols: u32,
-    row_offset: u32,
-    flags: u32,      // bit 0: add bias, bit 1: accumulate into y
-    y_stride: u32,   // elements between rows of Y (the full output width)
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-struct Step {
-    n_tokens: u32,
-    pos0: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-override WFMT: u32 = 0u;
+override WFMT: u32 = WFMT_F32;
+override WFMT2: u32 = WFMT_F32;
+override NORM: bool = false;
+override GATHER: bool = false;
+override GLU: bool = false;
 
 const BM: u32 = 32u;
 const BN: u32 = 32u;
@@ -47,35 +38,55 @@ const BK: u32 = 32u;
 @group(0) @binding(3) var<storage, read> x: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
+@group(0) @binding(6) var<storage, read> g: array<f32>;
+@group(0) @binding(7) var<storage, read> rows: array<u32>;
 
 var<workgroup> xs: array<f32, 1024>;   // [BM][BK]
 var<workgroup> ws: array<f32, 1024>;   // [BN][BK]
+var<workgroup> part: array<f32, 256>;  // NORM: partial sums of squares, 8 per tile row
+var<workgroup> inv_rms: array<f32, 32>;
 
-fn w_at(i: u32) -> f32 {
-    switch WFMT {
-        case 1u: {
-            return unpack2x16float(w[i / 2u])[i % 2u];
-        }
-        case 2u: {
-            let v = w[i / 2u];
-            return bitcast<f32>(select(v << 16u, v & 0xffff0000u, (i % 2u) == 1u));
-        }
-        case 0u: {
-            return bitcast<f32>(w[i]);
-        }
-        default: {
-            return dq_elem(i);
-        }
+// X's row of the tile's token m (m < step.n).
+fn x_row(m: u32) -> u32 {
+    if GATHER {
+        return rows[m];
     }
+    return m;
 }
 
 @compute @workgroup_size(256)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
     let n0 = wid.x * BN;
     let m0 = wid.y * BM;
-    let m_count = step.n_tokens;
+    let m_count = step.n;
     let tx = tid % 16u;
     let ty = tid / 16u;
+    // The tile's weights: format and first word of its segment.
+    let seg2 = n0 >= p.split;
+    let base = select(0u, p.seg_word, seg2);
+    let nrow0 = select(0u, p.split, seg2);
+    if NORM {
+        // 8 invocations per tile row sum its squares, then one of them finishes.
+        let r = tid / 8u;
+        var s = 0.0;
+        if m0 + r < m_count {
+            let xb = x_row(m0 + r) * p.cols;
+            for (var k = tid % 8u; k < p.cols; k = k + 8u) {
+                let v = x[xb + k];
+                s = s + v * v;
+            }
+        }
+        part[tid] = s;
+        workgroupBarrier();
+        if tid % 8u == 0u {
+            var t = 0.0;
+            for (var i = 0u; i < 8u; i = i + 1u) {
+                t = t + part[tid + i];
+            }
+            inv_rms[r] = inverseSqrt(t / f32(p.cols) + p.eps);
+        }
+        workgroupBarrier();
+    }
     var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
     for (var k0 = 0u; k0 < p.cols; k0 = k0 + BK) {
         for (var e = 0u; e < 4u; e = e + 1u) {
@@ -84,12 +95,20 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
             let kk = k0 + idx % BK;
             var xv = 0.0;
             if m0 + rr < m_count && kk < p.cols {
-                xv = x[(m0 + rr) * p.cols + kk];
+                xv = x[x_row(m0 + rr) * p.cols + kk];
+                if NORM {
+                    xv = xv * g[kk];
+                }
             }
             xs[idx] = xv;
             var wv = 0.0;
             if n0 + rr < p.rows && kk < p.cols {
-                wv = w_at((n0 + rr) * p.cols + kk);
+                // A workgroup's rows are all in one segment: the branch is uniform.
+                if seg2 {
+                    wv = w_elem(WFMT2, base, (n0 + rr - nrow0) * p.cols + kk);
+                } else {
+                    wv = w_elem(WFMT, 0u, (n0 + rr) * p.cols + kk);
+                }
             }
             ws[idx] = wv;
         }
@@ -107,16 +126,34 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         workgroupBarrier();
     }
     for (var i = 0u; i < 2u; i = i + 1u) {
+        let m = m0 + 2u * ty + i;
+        if m >= m_count {
+            continue;
+        }
+        var scale = 1.0;
+        if NORM {
+            scale = inv_rms[2u * ty + i];
+        }
+        if GLU {
+            // Columns 2tx (gate) and 2tx + 1 (up) of the tile are one pair.
+            let n = n0 + 2u * tx;
+            if n + 1u < p.rows {
+                let gate = acc[2u * i] * scale;
+                let up = acc[2u * i + 1u] * scale;
+                let o = m * p.y_stride + p.y_offset + (p.row_offset + n) / 2u;
+                y[o] = gate / (1.0 + exp(-gate)) * up;
+            }
+            continue;
+        }
         for (var j = 0u; j < 2u; j = j + 1u) {
-            let m = m0 + 2u * ty + i;
             let n = n0 + 2u * tx + j;
-            if m < m_count && n < p.rows {
-                let o = m * p.y_stride + p.row_offset + n;
-                var v = acc[2u * i + j];
-                if (p.flags & 1u) != 0u {
+            if n < p.rows {
+                let o = m * p.y_stride + p.y_offset + p.row_offset + n;
+                var v = acc[2u * i + j] * scale;
+                if (p.flags & LINEAR_BIAS) != 0u {
                     v = v + bias[p.row_offset + n];
                 }
-                if (p.flags & 2u) != 0u {
+                if (p.flags & LINEAR_ACCUMULATE) != 0u {
                     v = v + y[o];
                 }
                 y[o] = v;

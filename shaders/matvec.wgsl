@@ -1,46 +1,41 @@
-// Matrix-vector product, batched over a few tokens:
-//   y[t, row_offset + r] = acc + bias[row_offset + r] + W[r, :] . x[t, :]      for r < rows, t < n_tokens
-// acc is y's previous value when bit 1 of flags is set (the fused residual add), else 0.
-// Decode runs it with TOK = 1. On devices where barriers are costly (CPU rasterisers such as lavapipe)
-// prefill runs it with TOK = 8 instead of the tiled matmul: each weight load then serves 8 tokens.
-// Float weight formats; the quantized formats live in matvec_quant.wgsl.
+// Matrix-vector product over float weights (f32, f16, bf16), batched over a few tokens, with the fusions
+// of matvec_quant.wgsl (same contract, same bindings):
+//   y[t, y_offset + row_offset + r] = acc + bias[row_offset + r] + W[r, :] . xin[t, :]   for r < rows, t < n
+// acc is y's previous value with LINEAR_ACCUMULATE (the fused residual add), else 0; the bias is added
+// with LINEAR_BIAS. xin is x's row t, or: GATHER x's row rows[t]; NORM rmsnorm(x row) * g, computed on
+// the fly (the sum of x^2 gathered while x is read for the dot products); GLU rows in (gate, up) pairs,
+// output silu(gate) * up at column (row_offset + r) / 2. Two formats: rows from p.split on are in WFMT2,
+// from word p.seg_word of w (split on a multiple of WG / TPR).
+// Decode runs it with TOK = 1; calls of a few tokens (batched decode, prefill on barrier-averse devices
+// such as lavapipe) with TOK = 8, so that each weight load serves 8 tokens.
 //
 // Bindings (group 0):
 //   0 p     uniform  MatParams
-//   1 step  uniform  Step                   (n_tokens)
-//   2 w     storage  array<vec4<u32>>  [rows, cols] of this chunk, format WFMT:
-//                                     f32: 1 word per element; f16 / bf16: 2 elements per word, element
-//                                     2i in the low half. Rows are read 8 elements at a time (cols % 8 == 0).
-//   3 x     storage  array<vec4<f32>>  [n_tokens, cols]
-//   4 bias  storage  array<f32>        [row_offset + rows]   (read only when p.flags & 1)
-//   5 y     storage  array<f32>        [n_tokens, y_stride]
-// Workgroup: WG invocations = WG / TPR rows x TPR invocations per row; each invocation strides over the
-// row's 8-element groups, then `row_sum` combines the TPR partial sums. Grid: (row groups, laid out 2-D
-// past 65535, ceil(n_tokens / TOK)). WFMT: 0 = f32, 1 = f16, 2 = bf16.
-// Needs `row_sum` from reduce_subgroup.wgsl or reduce_shared.wgsl, appended at pipeline creation.
+//   1 step  uniform  Step                   (n: tokens, or outputs for the LM head)
+//   2 w     storage  array<vec4<u32>>  [rows, cols] of this chunk: f32 one word per element; f16 / bf16 two
+//                                     elements per word, element 2i in the low half. Rows are read 8
+//                                     elements at a time (cols % 8 == 0; seg_word a multiple of 4).
+//   3 x     storage  array<vec4<f32>>  [x rows, cols]
+//   4 bias  storage  array<f32>        [row_offset + rows]   (read only with LINEAR_BIAS)
+//   5 y     storage  array<f32>        [n, y_stride]: row r at column y_offset + row_offset + r (GLU: / 2)
+//   6 g     storage  array<vec4<f32>>  [cols] the norm weight (read only when NORM)
+//   7 rows  storage  array<u32>        [n] x's row of each output (read only when GATHER)
+// Workgroup: WG / RPI invocations = (WG / TPR) / RPI row slots x TPR lanes; each lane works on RPI
+// consecutive rows, striding over their 8-element groups (each x load serves RPI rows and each weight
+// load TOK tokens), then `row_sum` combines the TPR partial sums. Grid: (row groups, laid out 2-D past
+// 65535, ceil(n / TOK)).
+// Shared structs and WFMT_* codes come from the prelude (engine/src/uniforms.rs). Needs `row_sum` from
+// reduce_subgroup.wgsl or reduce_shared.wgsl, appended at pipeline creation.
 
-struct MatParams {
-    rows: u32,
-    cols: u32,
-    row_offset: u32,
-    flags: u32,      // bit 0: add bias, bit 1: accumulate into y
-    y_stride: u32,   // elements between rows (tokens) of y
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-struct Step {
-    n_tokens: u32,
-    pos0: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-override WFMT: u32 = 0u;
+override WFMT: u32 = WFMT_F32;
+override WFMT2: u32 = WFMT_F32;
 override WG: u32 = 64u;
 override TPR: u32 = 8u;
 override TOK: u32 = 1u;   // tokens per workgroup, at most 8
+override RPI: u32 = 1u;   // rows per invocation: 1, 2 or 4, dividing WG / TPR
+override NORM: bool = false;
+override GATHER: bool = false;
+override GLU: bool = false;
 
 @group(0) @binding(0) var<uniform> p: MatParams;
 @group(0) @binding(1) var<uniform> step: Step;
@@ -48,70 +43,145 @@ override TOK: u32 = 1u;   // tokens per workgroup, at most 8
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
+@group(0) @binding(6) var<storage, read> g: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> rows: array<u32>;
+
+// The sums of the invocation's RPI rows x TOK tokens, row-major.
+var<private> acc: array<f32, 32>;
+// Per token: the sum of x^2 (NORM) and x's first vec4 of the token's row.
+var<private> ss: array<f32, 8>;
+var<private> xbase: array<u32, 8>;
+// x of the TOK tokens at the current group's 8 elements.
+var<private> xa: array<vec4<f32>, 8>;
+var<private> xb: array<vec4<f32>, 8>;
 
 struct W8 {
     a: vec4<f32>,   // elements 0..4 of the group
     b: vec4<f32>,   // elements 4..8
 }
 
-// Weights 8g .. 8g + 8 of row r, as f32.
-fn load8(r: u32, g: u32) -> W8 {
+// Weights 8g .. 8g + 8 of the row that starts at vec4 `rw` (format f).
+fn load8(f: u32, rw: u32, g8: u32) -> W8 {
     var o: W8;
-    switch WFMT {
-        case 1u: {
-            let v = w[r * (p.cols / 8u) + g];
+    switch f {
+        case WFMT_F16: {
+            let v = w[rw + g8];
             o.a = vec4<f32>(unpack2x16float(v.x), unpack2x16float(v.y));
             o.b = vec4<f32>(unpack2x16float(v.z), unpack2x16float(v.w));
         }
-        case 2u: {
-            let v = w[r * (p.cols / 8u) + g];
+        case WFMT_BF16: {
+            let v = w[rw + g8];
             let lo = bitcast<vec4<f32>>(v << vec4<u32>(16u));           // elements 0, 2, 4, 6
             let hi = bitcast<vec4<f32>>(v & vec4<u32>(0xffff0000u));    // elements 1, 3, 5, 7
             o.a = vec4<f32>(lo.x, hi.x, lo.y, hi.y);
             o.b = vec4<f32>(lo.z, hi.z, lo.w, hi.w);
         }
         default: {
-            let base = r * (p.cols / 4u) + 2u * g;
-            o.a = bitcast<vec4<f32>>(w[base]);
-            o.b = bitcast<vec4<f32>>(w[base + 1u]);
+            o.a = bitcast<vec4<f32>>(w[rw + 2u * g8]);
+            o.b = bitcast<vec4<f32>>(w[rw + 2u * g8 + 1u]);
         }
     }
     return o;
 }
 
-@compute @workgroup_size(WG)
+// vec4<u32> words per row of format f.
+fn row_vec4s(f: u32) -> u32 {
+    return select(p.cols / 8u, p.cols / 4u, f == WFMT_F32);
+}
+
+// x's vec4 i of token t's row: scaled by the norm weight with NORM, whose x^2 it adds to ss[t].
+fn x_load(t: u32, i: u32) -> vec4<f32> {
+    let v = x[xbase[t] + i];
+    if NORM {
+        ss[t] = ss[t] + dot(v, v);
+        return v * g[i];
+    }
+    return v;
+}
+
+// The dot products of rows r0 .. r0 + RPI (format f, the segment starting at vec4 `seg_base` with row
+// `seg_row0`) with the tokens' x, into acc.
+fn accumulate(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
+    for (var g8 = lane; g8 < p.cols / 8u; g8 = g8 + TPR) {
+        for (var t = 0u; t < TOK; t = t + 1u) {
+            xa[t] = x_load(t, 2u * g8);
+            xb[t] = x_load(t, 2u * g8 + 1u);
+        }
+        for (var rr = 0u; rr < RPI; rr = rr + 1u) {
+            let r = min(r0 + rr, p.rows - 1u);
+            let wv = load8(f, seg_base + (r - seg_row0) * row_vec4s(f), g8);
+            for (var t = 0u; t < TOK; t = t + 1u) {
+                acc[rr * TOK + t] = acc[rr * TOK + t] + dot(wv.a, xa[t]) + dot(wv.b, xb[t]);
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(WG / RPI)
 fn matvec(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let r = (wid.x + wid.y * nwg.x) * (WG / TPR) + lid / TPR;
+    let wg_row0 = (wid.x + wid.y * nwg.x) * (WG / TPR);
+    let r0 = wg_row0 + (lid / TPR) * RPI;
     let lane = lid % TPR;
     let t0 = wid.z * TOK;
-    let n_tok = min(TOK, step.n_tokens - min(t0, step.n_tokens));
-    let xrow = p.cols / 4u;     // vec4s per token row of x
-    var acc = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
-    if r < p.rows {
-        for (var g = lane; g < p.cols / 8u; g = g + TPR) {
-            let wv = load8(r, g);
-            for (var t = 0u; t < n_tok; t = t + 1u) {
-                let xi = (t0 + t) * xrow + 2u * g;
-                acc[t] = acc[t] + dot(wv.a, x[xi]) + dot(wv.b, x[xi + 1u]);
+    let n_tok = min(TOK, step.n - min(t0, step.n));
+    let tok_last = max(n_tok, 1u) - 1u;
+    for (var i = 0u; i < 32u; i = i + 1u) {
+        acc[i] = 0.0;
+    }
+    for (var t = 0u; t < TOK; t = t + 1u) {
+        ss[t] = 0.0;
+        var row = t0 + min(t, tok_last);
+        if GATHER {
+            row = rows[row];
+        }
+        xbase[t] = row * (p.cols / 4u);
+    }
+    if r0 < p.rows {
+        if wg_row0 >= p.split {
+            accumulate(WFMT2, p.seg_word / 4u, p.split, r0, lane);
+        } else {
+            accumulate(WFMT, 0u, 0u, r0, lane);
+        }
+    }
+    var inv = array<f32, 8>(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0);
+    if NORM {
+        for (var t = 0u; t < TOK; t = t + 1u) {
+            inv[t] = inverseSqrt(row_sum(ss[t], lid) / f32(p.cols) + p.eps);
+        }
+    }
+    for (var rr = 0u; rr < RPI; rr = rr + 1u) {
+        let r = r0 + rr;
+        for (var t = 0u; t < TOK; t = t + 1u) {
+            let s = row_sum(acc[rr * TOK + t], lid) * inv[t];
+            acc[rr * TOK + t] = s;
+            if !GLU && r < p.rows && lane == 0u && t < n_tok {
+                let o = (t0 + t) * p.y_stride + p.y_offset + p.row_offset + r;
+                var v = s;
+                if (p.flags & LINEAR_BIAS) != 0u {
+                    v = v + bias[p.row_offset + r];
+                }
+                if (p.flags & LINEAR_ACCUMULATE) != 0u {
+                    v = v + y[o];
+                }
+                y[o] = v;
             }
         }
     }
-    for (var t = 0u; t < TOK; t = t + 1u) {
-        let s = row_sum(acc[t], lid);
-        if r < p.rows && lane == 0u && t < n_tok {
-            let o = (t0 + t) * p.y_stride + p.row_offset + r;
-            var v = s;
-            if (p.flags & 1u) != 0u {
-                v = v + bias[p.row_offset + r];
+    if GLU && lane == 0u {
+        for (var rr = 0u; rr < RPI; rr = rr + 2u) {
+            let r = r0 + rr;
+            for (var t = 0u; t < n_tok; t = t + 1u) {
+                if r + 1u < p.rows {
+                    let gate = acc[rr * TOK + t];
+                    let up = acc[(rr + 1u) * TOK + t];
+                    let o = (t0 + t) * p.y_stride + p.y_offset + (p.row_offset + r) / 2u;
+                    y[o] = gate / (1.0 + exp(-gate)) * up;
+                }
             }
-            if (p.flags & 2u) != 0u {
-                v = v + y[o];
-            }
-            y[o] = v;
         }
     }
 }

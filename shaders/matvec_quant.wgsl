@@ -1,17 +1,29 @@
-// Matrix-vector product over quantized weights, batched over a few tokens (the contract of matvec.wgsl):
-//   y[t, row_offset + r] = acc + bias[row_offset + r] + W[r, :] . x[t, :]      for r < rows, t < n_tokens
-// acc is y's previous value when bit 1 of flags is set (the fused residual add), else 0. Decode runs it
-// with TOK = 1, prefill on barrier-averse devices with TOK = 8 (each decoded weight serves 8 tokens).
-// RPI (rows per invocation) is Shapes::quant_rows.
+// Matrix-vector product over quantized weights, batched over a few tokens, with its fusions:
+//   y[t, y_offset + row_offset + r] = acc + bias[row_offset + r] + W[r, :] . xin[t, :]   for r < rows, t < n
+// acc is y's previous value when LINEAR_ACCUMULATE is set (the fused residual add), else 0; the bias is
+// added when LINEAR_BIAS is set. xin is x's row t, or with the fusions:
+//   GATHER: x's row rows[t] (the LM head reads only the rows of the call's outputs);
+//   NORM:   rmsnorm(x row) * g, the RMSNorm that feeds this layer: the kernel sums x^2 while it reads x
+//           for the dot products and scales each sum by 1 / sqrt(mean(x^2) + eps) (W . (g * x) * inv,
+//           which is W . rmsnorm(x) up to rounding), so no normalised copy of x is written;
+//   GLU:    the rows come in (gate, up) pairs, interleaved at load: row 2i is gate row i, 2i + 1 up row
+//           i, and the output is y[t, y_offset + (row_offset + r) / 2] = silu(gate) * up (the MLP's
+//           SiLU-gated unit; no bias or accumulate). Needs RPI even.
+// Two formats (stacked matrices, e.g. q and k in Q5_0 with v in Q8_0 as one QKV matrix): rows below
+// p.split are in format WFMT from word 0 of w, rows from p.split on in WFMT2 from word p.seg_word. A
+// workgroup's rows are all in one segment (the host puts split on a multiple of WG / TPR), so the choice
+// is uniform and each branch is compiled for its constant format.
 //
-// Bindings (group 0), the numbering of matvec.wgsl:
+// Bindings (group 0):
 //   0 p     uniform  MatParams
-//   1 step  uniform  Step                   (n_tokens)
-//   2 w     storage  array<u32>        [rows, cols] of this chunk in the GPU layout of format WFMT
+//   1 step  uniform  Step                   (n: tokens, or outputs for the LM head)
+//   2 w     storage  array<u32>        [rows, cols] of this chunk in the GPU layout of its format(s)
 //                                     (engine/src/quant.rs); cols % 32 == 0, and % 256 for the K-quants
-//   3 x     storage  array<vec4<f32>>  [n_tokens, cols]
-//   4 bias  storage  array<f32>        [row_offset + rows]   (read only when p.flags & 1)
-//   5 y     storage  array<f32>        [n_tokens, y_stride]
+//   3 x     storage  array<vec4<f32>>  [x rows, cols]
+//   4 bias  storage  array<f32>        [row_offset + rows]   (read only with LINEAR_BIAS)
+//   5 y     storage  array<f32>        [n, y_stride]: row r at column y_offset + row_offset + r (GLU: / 2)
+//   6 g     storage  array<vec4<f32>>  [cols] the norm weight (read only when NORM)
+//   7 rows  storage  array<u32>        [n] x's row of each output (read only when GATHER)
 // Workgroup: WG / RPI invocations: (WG / TPR) / RPI row slots x TPR invocations (lanes) per slot, each
 // lane working on RPI consecutive rows, so a workgroup covers WG / TPR rows as in matvec.wgsl. A lane takes
 // whole units of its rows, striding by TPR; per unit it decodes each row's scales once, then per quant word
@@ -26,34 +38,19 @@
 //     the 19 super-blocks of a 4864-wide row spread over 76 units: two 32-element sub-blocks (Q4_K, Q5_K:
 //     the low and high nibbles of the same words, scale and min each) or quarters a and a + 2 of a
 //     Q6_K half (ql nibbles and 2 qh bits; a scale per 16 elements).
-// Grid: (row groups, laid out 2-D past 65535, ceil(n_tokens / TOK)).
-// WFMT: 3 Q8_0, 4 Q4_0, 5 Q4_1, 6 Q5_0, 7 Q5_1, 8 Q4_K, 9 Q5_K, 10 Q6_K (glint::weights::wfmt).
-// Needs dequant.wgsl, then `row_sum` from reduce_subgroup.wgsl or reduce_shared.wgsl, appended at
-// pipeline creation.
+// Grid: (row groups, laid out 2-D past 65535, ceil(n / TOK)).
+// Shared structs and WFMT_* codes come from the prelude (engine/src/uniforms.rs). Needs dequant.wgsl,
+// then `row_sum` from reduce_subgroup.wgsl or reduce_shared.wgsl, appended at pipeline creation.
 
-struct MatParams {
-    rows: u32,
-    cols: u32,
-    row_offset: u32,
-    flags: u32,      // bit 0: add bias, bit 1: accumulate into y
-    y_stride: u32,   // elements between rows (tokens) of y
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-struct Step {
-    n_tokens: u32,
-    pos0: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-override WFMT: u32 = 3u;
+override WFMT: u32 = WFMT_Q8_0;
+override WFMT2: u32 = WFMT_Q8_0;
 override WG: u32 = 64u;
 override TPR: u32 = 8u;
 override TOK: u32 = 1u;   // tokens per workgroup, at most 8
 override RPI: u32 = 1u;   // rows per invocation: 1, 2 or 4, dividing WG / TPR
+override NORM: bool = false;
+override GATHER: bool = false;
+override GLU: bool = false;
 
 @group(0) @binding(0) var<uniform> p: MatParams;
 @group(0) @binding(1) var<uniform> step: Step;
@@ -61,9 +58,14 @@ override RPI: u32 = 1u;   // rows per invocation: 1, 2 or 4, dividing WG / TPR
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
+@group(0) @binding(6) var<storage, read> g: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> rows: array<u32>;
 
 // The sums of the invocation's RPI rows x TOK tokens, row-major.
 var<private> acc: array<f32, 32>;
+// Per token: the sum of x^2 (NORM) and x's first vec4 of the token's row.
+var<private> ss: array<f32, 8>;
+var<private> xbase: array<u32, 8>;
 // Per row: its unit's first word and the unit's affine map (unit_affine).
 var<private> ubw: array<u32, 4>;
 var<private> uaff: array<vec4<f32>, 4>;
@@ -80,51 +82,51 @@ struct W8 {
 // A unit is what a lane takes at a time: a 32-element block, or a 64-element quarter of a K-quant
 // super-block. It is read as nk() words (pairs of words for Q8_0), word k giving the weights of the
 // elements at x's vec4s xi + k (lo) and xi + ho() + k (hi).
-fn unit_elems() -> u32 {
-    return select(32u, 64u, WFMT >= 8u);
+fn unit_elems(f: u32) -> u32 {
+    return select(32u, 64u, f >= WFMT_Q4_K);
 }
 
-fn nk() -> u32 {
-    return select(4u, 8u, WFMT >= 8u);
+fn nk(f: u32) -> u32 {
+    return select(4u, 8u, f >= WFMT_Q4_K);
 }
 
-fn ho() -> u32 {
-    switch WFMT {
-        case 8u, 9u: { return 8u; }
-        case 10u: { return 16u; }
+fn ho(f: u32) -> u32 {
+    switch f {
+        case WFMT_Q4_K, WFMT_Q5_K: { return 8u; }
+        case WFMT_Q6_K: { return 16u; }
         default: { return 4u; }
     }
 }
 
 // The first word of the block holding unit u (the super-block, for the K-quants: the unit is its quarter
 // u % 4) in the row that starts at word rw.
-fn unit_word(rw: u32, u: u32) -> u32 {
-    if WFMT >= 8u {
-        return rw + (u / 4u) * dq_block_words();
+fn unit_word(f: u32, rw: u32, u: u32) -> u32 {
+    if f >= WFMT_Q4_K {
+        return rw + (u / 4u) * dq_block_words(f);
     }
-    return rw + u * dq_block_words();
+    return rw + u * dq_block_words(f);
 }
 
-// vec4 index of x of the unit's first lo element.
-fn unit_x(u: u32) -> u32 {
-    if WFMT == 10u {
+// vec4 index, within a row of x, of the unit's first lo element.
+fn unit_x(f: u32, u: u32) -> u32 {
+    if f == WFMT_Q6_K {
         // Q6_K quarter q = 2h + a: quarters a and a + 2 of half h.
         let q = u % 4u;
         return (u / 4u) * 64u + 32u * (q / 2u) + 8u * (q % 2u);
     }
-    return u * (unit_elems() / 4u);
+    return u * (unit_elems(f) / 4u);
 }
 
 // The unit's affine maps, decoded once: weight = level * scale + offset.
 //   32-element blocks: (scale, offset, scale, offset) of the block (offset 0 with centred levels).
 //   Q4_K / Q5_K quarter c: (scale, offset) of sub-block 2c (lo), then of 2c + 1 (hi).
 //   Q6_K (no offset; a scale per 16 elements): lo and hi scales of words 0..4, then of words 4..8.
-fn unit_affine(bw: u32, q: u32) -> vec4<f32> {
-    switch WFMT {
-        case 8u, 9u: {
+fn unit_affine(f: u32, bw: u32, q: u32) -> vec4<f32> {
+    switch f {
+        case WFMT_Q4_K, WFMT_Q5_K: {
             return vec4<f32>(dq_affine_k4(bw, 2u * q), dq_affine_k4(bw, 2u * q + 1u));
         }
-        case 10u: {
+        case WFMT_Q6_K: {
             let h = q / 2u;
             let a = q % 2u;
             let d = dq_lo16(w[bw + 52u]);
@@ -136,27 +138,27 @@ fn unit_affine(bw: u32, q: u32) -> vec4<f32> {
             );
         }
         default: {
-            let a = dq_affine32(bw);
+            let a = dq_affine32(f, bw);
             return vec4<f32>(a, a);
         }
     }
 }
 
 // Word k of the unit at bw (quarter q of a super-block for the K-quants), as weights.
-fn unit_weights(bw: u32, q: u32, k: u32, a: vec4<f32>) -> W8 {
-    switch WFMT {
-        case 3u: {
+fn unit_weights(f: u32, bw: u32, q: u32, k: u32, a: vec4<f32>) -> W8 {
+    switch f {
+        case WFMT_Q8_0: {
             return W8(dq_i8x4(w[bw + 1u + k]) * a.x, dq_i8x4(w[bw + 5u + k]) * a.x);
         }
-        case 4u: {
+        case WFMT_Q4_0: {
             let b = dq_q4_bytes(w[bw + 1u + k]);
             return W8(dq_centered(b.x, 4u) * a.x, dq_centered(b.y, 4u) * a.x);
         }
-        case 6u: {
+        case WFMT_Q5_0: {
             let b = dq_q5_bytes(w[bw + 2u + k], w[bw + 1u], k);
             return W8(dq_centered(b.x, 5u) * a.x, dq_centered(b.y, 5u) * a.x);
         }
-        case 10u: {
+        case WFMT_Q6_K: {
             let h = q / 2u;
             let sa = q % 2u;
             let b = dq_q6k_bytes(w[bw + 16u * h + 8u * sa + k], w[bw + 32u + 8u * h + k], sa);
@@ -166,13 +168,50 @@ fn unit_weights(bw: u32, q: u32, k: u32, a: vec4<f32>) -> W8 {
         default: {
             // Q4_1, Q5_1, Q4_K, Q5_K: unsigned levels and a min.
             var b: vec2<u32>;
-            switch WFMT {
-                case 5u: { b = dq_q4_bytes(w[bw + 1u + k]); }
-                case 7u: { b = dq_q5_bytes(w[bw + 2u + k], w[bw + 1u], k); }
-                case 8u: { b = dq_q4_bytes(w[bw + 4u + 8u * q + k]); }
+            switch f {
+                case WFMT_Q4_1: { b = dq_q4_bytes(w[bw + 1u + k]); }
+                case WFMT_Q5_1: { b = dq_q5_bytes(w[bw + 2u + k], w[bw + 1u], k); }
+                case WFMT_Q4_K: { b = dq_q4_bytes(w[bw + 4u + 8u * q + k]); }
                 default: { b = dq_q5k_bytes(w[bw + 12u + 8u * q + k], w[bw + 4u + k], q); }
             }
             return W8(fma(dq_ubytes(b.x), vec4<f32>(a.x), vec4<f32>(a.y)), fma(dq_ubytes(b.y), vec4<f32>(a.z), vec4<f32>(a.w)));
+        }
+    }
+}
+
+// x's vec4 i of token t's row: scaled by the norm weight with NORM, whose x^2 it adds to ss[t].
+fn x_load(t: u32, i: u32) -> vec4<f32> {
+    let v = x[xbase[t] + i];
+    if NORM {
+        ss[t] = ss[t] + dot(v, v);
+        return v * g[i];
+    }
+    return v;
+}
+
+// The dot products of rows r0 .. r0 + RPI (format f; the segment's rows start at word `seg_base`, its
+// first row being `seg_row0`) with the tokens' x, into acc.
+fn accumulate(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
+    let row_words = (p.cols / dq_block_size(f)) * dq_block_words(f);
+    for (var u = lane; u < p.cols / unit_elems(f); u = u + TPR) {
+        let q = u % 4u;
+        for (var rr = 0u; rr < RPI; rr = rr + 1u) {
+            let r = min(r0 + rr, p.rows - 1u);
+            ubw[rr] = unit_word(f, seg_base + (r - seg_row0) * row_words, u);
+            uaff[rr] = unit_affine(f, ubw[rr], q);
+        }
+        let xi = unit_x(f, u);
+        for (var k = 0u; k < nk(f); k = k + 1u) {
+            for (var t = 0u; t < TOK; t = t + 1u) {
+                xl[t] = x_load(t, xi + k);
+                xh[t] = x_load(t, xi + k + ho(f));
+            }
+            for (var rr = 0u; rr < RPI; rr = rr + 1u) {
+                let wv = unit_weights(f, ubw[rr], q, k, uaff[rr]);
+                for (var t = 0u; t < TOK; t = t + 1u) {
+                    acc[rr * TOK + t] = acc[rr * TOK + t] + dot(wv.lo, xl[t]) + dot(wv.hi, xh[t]);
+                }
+            }
         }
     }
 }
@@ -184,54 +223,68 @@ fn matvec_quant(
     @builtin(local_invocation_index) lid: u32,
 ) {
     // Rows r0 .. r0 + RPI; rows past the end compute on the last row and store nothing.
-    let r0 = (wid.x + wid.y * nwg.x) * (WG / TPR) + (lid / TPR) * RPI;
+    let wg_row0 = (wid.x + wid.y * nwg.x) * (WG / TPR);
+    let r0 = wg_row0 + (lid / TPR) * RPI;
     let lane = lid % TPR;
     let t0 = wid.z * TOK;
-    let n_tok = min(TOK, step.n_tokens - min(t0, step.n_tokens));
-    let xrow = p.cols / 4u;
+    let n_tok = min(TOK, step.n - min(t0, step.n));
     let tok_last = max(n_tok, 1u) - 1u;
     for (var i = 0u; i < 32u; i = i + 1u) {
         acc[i] = 0.0;
     }
-    let row_words = (p.cols / dq_block_size()) * dq_block_words();
+    // Tokens past the end re-read the last one (their sums are never stored).
+    for (var t = 0u; t < TOK; t = t + 1u) {
+        ss[t] = 0.0;
+        var row = t0 + min(t, tok_last);
+        if GATHER {
+            row = rows[row];
+        }
+        xbase[t] = row * (p.cols / 4u);
+    }
     if r0 < p.rows {
-        for (var u = lane; u < p.cols / unit_elems(); u = u + TPR) {
-            let q = u % 4u;
-            for (var rr = 0u; rr < RPI; rr = rr + 1u) {
-                ubw[rr] = unit_word(min(r0 + rr, p.rows - 1u) * row_words, u);
-                uaff[rr] = unit_affine(ubw[rr], q);
-            }
-            let xi = unit_x(u);
-            for (var k = 0u; k < nk(); k = k + 1u) {
-                // Tokens past the end re-read the last one (their sums are never stored).
-                for (var t = 0u; t < TOK; t = t + 1u) {
-                    let xt = (t0 + min(t, tok_last)) * xrow + xi + k;
-                    xl[t] = x[xt];
-                    xh[t] = x[xt + ho()];
-                }
-                for (var rr = 0u; rr < RPI; rr = rr + 1u) {
-                    let wv = unit_weights(ubw[rr], q, k, uaff[rr]);
-                    for (var t = 0u; t < TOK; t = t + 1u) {
-                        acc[rr * TOK + t] = acc[rr * TOK + t] + dot(wv.lo, xl[t]) + dot(wv.hi, xh[t]);
-                    }
-                }
-            }
+        if wg_row0 >= p.split {
+            accumulate(WFMT2, p.seg_word, p.split, r0, lane);
+        } else {
+            accumulate(WFMT, 0u, 0u, r0, lane);
+        }
+    }
+    var inv = array<f32, 8>(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0);
+    if NORM {
+        // Each lane saw every x element once per row slot (its share of every unit), so the sum over
+        // the TPR lanes is the row's sum of squares.
+        for (var t = 0u; t < TOK; t = t + 1u) {
+            inv[t] = inverseSqrt(row_sum(ss[t], lid) / f32(p.cols) + p.eps);
         }
     }
     for (var rr = 0u; rr < RPI; rr = rr + 1u) {
         let r = r0 + rr;
         for (var t = 0u; t < TOK; t = t + 1u) {
-            let s = row_sum(acc[rr * TOK + t], lid);
-            if r < p.rows && lane == 0u && t < n_tok {
-                let o = (t0 + t) * p.y_stride + p.row_offset + r;
+            let s = row_sum(acc[rr * TOK + t], lid) * inv[t];
+            acc[rr * TOK + t] = s;
+            if !GLU && r < p.rows && lane == 0u && t < n_tok {
+                let o = (t0 + t) * p.y_stride + p.y_offset + p.row_offset + r;
                 var v = s;
-                if (p.flags & 1u) != 0u {
+                if (p.flags & LINEAR_BIAS) != 0u {
                     v = v + bias[p.row_offset + r];
                 }
-                if (p.flags & 2u) != 0u {
+                if (p.flags & LINEAR_ACCUMULATE) != 0u {
                     v = v + y[o];
                 }
                 y[o] = v;
+            }
+        }
+    }
+    if GLU && lane == 0u {
+        // Rows r0 + rr (gate) and r0 + rr + 1 (up) of each pair.
+        for (var rr = 0u; rr < RPI; rr = rr + 2u) {
+            let r = r0 + rr;
+            for (var t = 0u; t < n_tok; t = t + 1u) {
+                if r + 1u < p.rows {
+                    let gate = acc[rr * TOK + t];
+                    let up = acc[(rr + 1u) * TOK + t];
+                    let o = (t0 + t) * p.y_stride + p.y_offset + (p.row_offset + r) / 2u;
+                    y[o] = gate / (1.0 + exp(-gate)) * up;
+                }
             }
         }
     }

@@ -1,4 +1,5 @@
-// Token sampling over the last position's logits, in one dispatch of one workgroup. transformers' order
+// Token sampling, one row of logits per workgroup (a call's outputs: one row per sequence that samples),
+// each row with its own parameters, penalty window and draw. transformers' order
 // (generation/utils.py): repetition penalty -> temperature -> top-k -> top-p -> min-p -> a draw with the
 // uniform u in [0, 1) that the host supplies. Temperature 0 is greedy: the argmax of the penalised
 // logits, the lowest id on ties (as argmax.wgsl). Ids at or above n_valid are never chosen. Exact: every
@@ -6,15 +7,17 @@
 // depends on a candidate cap (the short list below is only a shortcut, taken when it holds every id).
 //
 // Bindings (group 0):
-//   0 p       uniform  SampleParams
-//   1 logits  storage  array<f32>        [>= n_valid]          read only
-//   2 window  storage  array<u32>        [>= n_window]         ids to penalise (duplicates are harmless)
-//   3 keys    storage  array<vec4<u32>>  [ceil(n_valid / 4)]   scratch: key(score) of each id, 0 past n_valid
-//   4 out     storage  array<u32>        [8]   0: the chosen id; debugging: 1: the kept count, 2: the kept
+//   0 params  storage  array<SampleParams>  [rows]            row r's parameters (SampleParams: prelude)
+//   1 logits  storage  array<f32>        [rows, row_stride]   read only; ids < n_valid are candidates
+//   2 window  storage  array<u32>        [sum of n_window]    ids to penalise, row r's at window_off
+//                                                             (duplicates are harmless)
+//   3 keys    storage  array<vec4<u32>>  [rows, ceil(n_valid / 4)]  scratch: key(score) of each id,
+//                                                             0 past n_valid
+//   4 out     storage  array<u32>        [rows, 8]   per row, 0: the chosen id; debugging: 1: the kept count, 2: the kept
 //                                               mass (f32 bits: sum of exp(score - max) over the kept set),
 //                                               3: the final threshold key (kept = key >= it, then min-p),
 //                                               4: the short list's length (0: not used), 5..7: unused
-// Workgroup: 256 invocations, a single workgroup: dispatch (1, 1, 1). Phases:
+// Workgroup: 256 invocations per row: dispatch (rows, 1, 1). Phases:
 //   1 keys[i] = key(logit / T), strided by vec4, and each invocation's max. With a window: (storage
 //     barrier) the window ids get the penalised logit, written from the original logit so that a
 //     repeated id is penalised once, and the max is taken again.
@@ -39,26 +42,7 @@
 // Barriers: 3 per search pass (5 while summing mass), 2 to 6 elsewhere; phases that are off (top_k 0,
 // top_p 1, no window) are skipped by uniform branches. Every sum has a fixed order: same inputs, same id.
 
-struct SampleParams {
-    n_valid: u32,
-    // 0 when the penalty is 1.
-    n_window: u32,
-    // 0 = off; the host also sends 0 for k >= n_valid.
-    top_k: u32,
-    // bit 0: greedy (temperature 0), bit 1: top-p on (top_p < 1).
-    flags: u32,
-    temperature: f32,
-    top_p: f32,
-    // 0 = off.
-    min_p: f32,
-    penalty: f32,
-    u: f32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: SampleParams;
+@group(0) @binding(0) var<storage, read> params: array<SampleParams>;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 @group(0) @binding(2) var<storage, read> window: array<u32>;
 @group(0) @binding(3) var<storage, read_write> keys: array<vec4<u32>>;
@@ -94,6 +78,11 @@ var<private> list_len: u32;
 // This invocation's list entry (key 0 = none: below every threshold).
 var<private> my_key: u32;
 var<private> my_id: u32;
+// This workgroup's row: its parameters, and where its logits, keys and outputs start.
+var<private> p: SampleParams;
+var<private> lbase: u32;
+var<private> kbase: u32;
+var<private> obase: u32;
 
 // Order-preserving image of an f32 in u32: a < b (as floats, no NaN) iff key(a) < key(b).
 fn key(x: f32) -> u32 {
@@ -120,7 +109,7 @@ fn score_key(x: f32, penalise: bool) -> u32 {
     if penalise {
         s = select(s / p.penalty, s * p.penalty, s < 0.0);
     }
-    if (p.flags & 1u) == 0u {
+    if (p.flags & SAMPLE_GREEDY) == 0u {
         s = s / p.temperature;
     }
     let k = key(s);
@@ -201,7 +190,7 @@ fn search(lid: u32, lo_in: u32, hi_in: u32, goal_in: f32, use_mass: bool, m: f32
         // others weigh at no threshold); or the list entry (none past list_len: key 0).
         let end = select(n4, 0u, listed || append);
         for (var i = lid; i < end; i += WG) {
-            let k4 = keys[i];
+            let k4 = keys[kbase + i];
             var e4 = vec4<f32>(1.0);
             if use_mass {
                 e4 = exp(scores4(k4) - m);
@@ -214,7 +203,7 @@ fn search(lid: u32, lo_in: u32, hi_in: u32, goal_in: f32, use_mass: bool, m: f32
         }
         let end_append = select(0u, n4, append);
         for (var i = lid; i < end_append; i += WG) {
-            let k4 = keys[i];
+            let k4 = keys[kbase + i];
             if any(k4 >= vec4<u32>(lo)) {
                 for (var c = 0u; c < 4u; c++) {
                     let k = k4[c];
@@ -304,9 +293,13 @@ fn kept_mass4(k4: vec4<u32>, t: u32, m: f32) -> vec4<f32> {
 }
 
 @compute @workgroup_size(256)
-fn sample(@builtin(local_invocation_index) lid: u32) {
+fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    p = params[wid.x];
     let n = p.n_valid;
     let n4 = (n + 3u) / 4u;
+    lbase = wid.x * p.row_stride;
+    kbase = wid.x * n4;
+    obase = wid.x * 8u;
     listed = false;
     list_len = 0u;
     my_key = 0u;
@@ -324,7 +317,7 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
         for (var c = 0u; c < 4u; c++) {
             let id = i * 4u + c;
             if id < n {
-                let k = score_key(logits[id], false);
+                let k = score_key(logits[lbase + id], false);
                 k4[c] = k;
                 if k > bk {
                     bk = k;
@@ -332,22 +325,22 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
                 }
             }
         }
-        keys[i] = k4;
+        keys[kbase + i] = k4;
     }
     // The window ids are rewritten with the penalty; then the max is taken again.
     if p.n_window > 0u {
         storageBarrier();
         for (var j = lid; j < p.n_window; j += WG) {
-            let id = window[j];
+            let id = window[p.window_off + j];
             if id < n {
-                keys[id >> 2u][id & 3u] = score_key(logits[id], true);
+                keys[kbase + (id >> 2u)][id & 3u] = score_key(logits[lbase + id], true);
             }
         }
         storageBarrier();
         bk = 0u;
         bi = 0xffffffffu;
         for (var i = lid; i < n4; i += WG) {
-            let k4 = keys[i];
+            let k4 = keys[kbase + i];
             for (var c = 0u; c < 4u; c++) {
                 if k4[c] > bk {
                     bk = k4[c];
@@ -382,13 +375,13 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
             imax = arg2_i[j];
         }
     }
-    if (p.flags & 1u) != 0u {
+    if (p.flags & SAMPLE_GREEDY) != 0u {
         if lid == 0u {
-            out[0] = imax;
-            out[1] = 1u;
-            out[2] = bitcast<u32>(1.0);
-            out[3] = kmax;
-            out[4] = 0u;
+            out[obase + 0u] = imax;
+            out[obase + 1u] = 1u;
+            out[obase + 2u] = bitcast<u32>(1.0);
+            out[obase + 3u] = kmax;
+            out[obase + 4u] = 0u;
         }
         return;
     }
@@ -401,7 +394,7 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
         sort_list(lid, listed);
     }
     // 4. top-p.
-    if (p.flags & 2u) != 0u {
+    if (p.flags & SAMPLE_TOP_P) != 0u {
         t = search(lid, t, kmax, 0.0, true, m);
     }
 
@@ -419,7 +412,7 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
         let begin = min(lid * chunk, n4);
         let end = min(begin + chunk, n4);
         for (var i = begin; i < end; i++) {
-            let k4 = keys[i];
+            let k4 = keys[kbase + i];
             let e = kept_mass4(k4, t, m);
             mass += e.x;
             mass += e.y;
@@ -466,7 +459,7 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
     let b = jc * chunk;
     let staged = !listed && chunk <= WG;
     if staged && lid < chunk && b + lid < n4 {
-        part[WG + lid] = kept_mass4(keys[b + lid], t, m);
+        part[WG + lid] = kept_mass4(keys[kbase + b + lid], t, m);
     }
     workgroupBarrier();
     if lid == 0u {
@@ -487,7 +480,7 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
                     if staged {
                         e = part[WG + v];
                     } else {
-                        e = kept_mass4(keys[b + v], t, m);
+                        e = kept_mass4(keys[kbase + b + v], t, m);
                     }
                     for (var c = 0u; c < 4u && !done; c++) {
                         cum += e[c];
@@ -499,10 +492,10 @@ fn sample(@builtin(local_invocation_index) lid: u32) {
                 }
             }
         }
-        out[0] = pick;
-        out[1] = u32(kept_n);
-        out[2] = bitcast<u32>(total);
-        out[3] = t;
-        out[4] = select(0u, list_len, listed);
+        out[obase + 0u] = pick;
+        out[obase + 1u] = u32(kept_n);
+        out[obase + 2u] = bitcast<u32>(total);
+        out[obase + 3u] = t;
+        out[obase + 4u] = select(0u, list_len, listed);
     }
 }

@@ -305,3 +305,72 @@ fn chat_drops_the_oldest_turns_when_the_context_is_full() {
     assert!(stdout.contains("(context: "), "/stats: {stdout}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SmolLM2 (the Llama family) holds a two-turn conversation in `glint chat` (piped stdin, greedy): the
+/// second turn reuses the first turn's KV cache, and its answer is exactly what a fresh `glint run` of
+/// the whole conversation gives (cache reuse across turns changes nothing).
+#[test]
+fn chat_two_turns_with_smollm2_equal_a_fresh_run() {
+    use std::io::Write;
+    use std::process::Stdio;
+    if common::gpu().is_none() {
+        return;
+    }
+    let Some(model) = cli::real_model(cli::SMOLLM2) else {
+        return;
+    };
+    let (turn1, turn2) = (
+        "My favourite colour is green.",
+        "Name a fruit of that colour.",
+    );
+    let mut child = cli::glint()
+        .args(["chat", "-m"])
+        .arg(&model)
+        .args(["--temperature", "0", "-n", "8"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting glint chat");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{turn1}\n{turn2}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "status {}: {stderr}", out.status);
+    let sums = summaries(&stderr);
+    assert_eq!(sums.len(), 2, "one summary per turn: {stderr}");
+    assert!(
+        sums[1].1 >= sums[0].0,
+        "turn 2 reuses turn 1's prompt from the KV cache: {sums:?}"
+    );
+    // stdout holds the two answers, each followed by a newline (and a note when cut).
+    let answers: Vec<&str> = stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('('))
+        .collect();
+    assert_eq!(answers.len(), 2, "two answers: {stdout:?}");
+    let dir = cli::temp_dir("chat-smollm2");
+    let history = dir.join("messages.json");
+    let messages = serde_json::json!([
+        {"role": "user", "content": turn1},
+        {"role": "assistant", "content": answers[0]},
+        {"role": "user", "content": turn2},
+    ]);
+    std::fs::write(&history, messages.to_string()).unwrap();
+    let fresh = cli::glint()
+        .args(["run", "-q", "-m"])
+        .arg(&model)
+        .args(["--temperature", "0", "-n", "8", "--messages"])
+        .arg(&history)
+        .output()
+        .unwrap();
+    assert!(fresh.status.success());
+    let fresh = String::from_utf8_lossy(&fresh.stdout);
+    assert_eq!(fresh.trim(), answers[1].trim(), "turn 2 vs a fresh run");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -13,7 +13,7 @@
 mod common;
 use common::kernel_ctx::{check_output, ctx_with, linear_case};
 use common::{run, Rng};
-use glint::graph::{Linear, LinearKind};
+use glint::graph::Linear;
 use glint::kernels::Reduce;
 use glint::quant::QuantType;
 use glint::reference as r;
@@ -42,14 +42,14 @@ fn matvec_quant_all_types_real_shapes() {
     let Some(c) = ctx_with(|_| {}) else { return };
     for f in QUANTS {
         if is_k(f) {
-            linear_case(&c, f, 896, 4864, 1, LinearKind::Vec, false);
-            linear_case(&c, f, 256, 512, 1, LinearKind::Vec, false);
-            linear_case(&c, f, 600, 512, 1, LinearKind::Vec, true);
+            linear_case(&c, f, 896, 4864, 1, false);
+            linear_case(&c, f, 256, 512, 1, false);
+            linear_case(&c, f, 600, 512, 1, true);
         } else {
             for (rows, cols) in [(896, 896), (4864, 896), (896, 4864)] {
-                linear_case(&c, f, rows, cols, 1, LinearKind::Vec, false);
+                linear_case(&c, f, rows, cols, 1, false);
             }
-            linear_case(&c, f, 1000, 896, 1, LinearKind::Vec, true);
+            linear_case(&c, f, 1000, 896, 1, true);
         }
     }
 }
@@ -67,8 +67,8 @@ fn matvec_quant_workgroup_shapes() {
     ];
     for (shared, rows_per_inv) in shapes {
         let Some(c) = ctx_with(|s| {
-            s.quant_rows = rows_per_inv;
-            s.prefill_tok = Some(8);
+            s.lane_rows = rows_per_inv;
+            s.tiled_from = None;
             if let Some((tpr, wg)) = shared {
                 s.reduce = Reduce::Shared;
                 s.tpr = tpr;
@@ -79,26 +79,27 @@ fn matvec_quant_workgroup_shapes() {
         };
         for f in QUANTS {
             let (rows, cols) = if is_k(f) { (600, 512) } else { (1000, 896) };
-            linear_case(&c, f, rows, cols, 1, LinearKind::Vec, true);
-            linear_case(&c, f, rows, cols, 9, LinearKind::Mat, false);
+            linear_case(&c, f, rows, cols, 1, true);
+            linear_case(&c, f, rows, cols, 9, false);
         }
     }
 }
 
-/// Prefill of every type with the given prefill shape (see `Shapes::prefill_tok`).
-fn prefill_all_types(prefill_tok: Option<u32>) {
-    let Some(c) = ctx_with(|s| s.prefill_tok = prefill_tok) else {
+/// Prefill of every type with the given choice of the tiled matmul (see `Shapes::tiled_from`: Some(2)
+/// for every call of several tokens, None never).
+fn prefill_all_types(tiled_from: Option<u32>) {
+    let Some(c) = ctx_with(|s| s.tiled_from = tiled_from) else {
         return;
     };
     for f in QUANTS {
         let (rows, cols) = if is_k(f) { (256, 512) } else { (896, 896) };
         for n in [7, 33] {
-            linear_case(&c, f, rows, cols, n, LinearKind::Mat, false);
+            linear_case(&c, f, rows, cols, n, false);
         }
         if is_k(f) {
-            linear_case(&c, f, 896, 4864, 7, LinearKind::Mat, false);
+            linear_case(&c, f, 896, 4864, 7, false);
         } else {
-            linear_case(&c, f, 1000, 896, 9, LinearKind::Mat, true);
+            linear_case(&c, f, 1000, 896, 9, true);
         }
     }
 }
@@ -106,13 +107,13 @@ fn prefill_all_types(prefill_tok: Option<u32>) {
 /// Prefill through matvec over blocks of 8 tokens (CPU devices), with a partial last block.
 #[test]
 fn prefill_token_blocks_all_types() {
-    prefill_all_types(Some(8));
+    prefill_all_types(None);
 }
 
 /// Prefill through the tiled matmul (real GPUs).
 #[test]
 fn prefill_tiled_all_types() {
-    prefill_all_types(None);
+    prefill_all_types(Some(2));
 }
 
 /// The Q8_0 LM head at its real shape, 151936 x 896: 153 MB, more than lavapipe's 128 MiB binding
@@ -150,8 +151,8 @@ fn matvec_q8_0_lm_head_real_shape() {
     let xb = c.buf(&x);
     let yb = c.gpu.storage("logits", (rows * 4) as u64).unwrap();
     let mut g = c.graph();
-    g.linear(&lin, &xb, &yb, false, LinearKind::Vec);
-    run(&c.gpu, &g.finish(), &c.step, 1, 0);
+    g.linear(&lin, &xb, &yb);
+    run(&c.gpu, &g.finish().unwrap(), &c.step, 1, 0);
     let got = c.read(&yb, rows);
     for n in sample {
         let w = r::decode_weights(f, &bytes[n * row_bytes..(n + 1) * row_bytes]);
@@ -189,7 +190,13 @@ fn embed_quant_rows_bit_exact() {
             .unwrap();
         let mut g = c.graph();
         g.embed(&m, &tok_buf, &out);
-        run(&c.gpu, &g.finish(), &c.step, tokens.len() as u32, 0);
+        run(
+            &c.gpu,
+            &g.finish().unwrap(),
+            &c.step,
+            tokens.len() as u32,
+            0,
+        );
         let got = c.read(&out, tokens.len() * cols);
         let want = r::embed(&seen, cols, &tokens);
         for (i, (a, b)) in got.iter().zip(&want).enumerate() {
@@ -211,16 +218,16 @@ fn embed_quant_rows_bit_exact() {
 /// 8-token prefill. The formats take turns, round after round, and the fastest and the median round are
 /// printed (the machine may be shared: the minimum is the steadier figure). Printed, never asserted:
 /// `-- --nocapture` to see it. GLINT_TIMING_ITERS=n rounds (default 5); GLINT_QUANT_ROWS=r overrides
-/// Shapes::quant_rows.
+/// Shapes::lane_rows.
 #[test]
 fn matvec_timing_by_format() {
-    let quant_rows: Option<u32> = std::env::var("GLINT_QUANT_ROWS")
+    let lane_rows: Option<u32> = std::env::var("GLINT_QUANT_ROWS")
         .ok()
         .and_then(|v| v.parse().ok());
     let Some(c) = ctx_with(|s| {
-        s.prefill_tok = Some(8);
-        if let Some(r) = quant_rows {
-            s.quant_rows = r;
+        s.tiled_from = None;
+        if let Some(r) = lane_rows {
+            s.lane_rows = r;
         }
     }) else {
         return;
@@ -231,11 +238,11 @@ fn matvec_timing_by_format() {
         .unwrap_or(5)
         .max(1);
     println!(
-        "matvec, ms per dispatch, min / median of {iters} ({}, quant_rows {})",
+        "matvec, ms per dispatch, min / median of {iters} ({}, lane_rows {})",
         c.gpu.describe(),
-        c.k.shapes.quant_rows
+        c.k.shapes.lane_rows
     );
-    for (kind, n) in [(LinearKind::Vec, 1), (LinearKind::Mat, 8)] {
+    for n in [1, 8] {
         for (rows, cols) in [(4864, 896), (896, 4864)] {
             let mut rng = Rng::new(9);
             let x = rng.vec(n * cols, 1.0);
@@ -250,8 +257,8 @@ fn matvec_timing_by_format() {
                     let (m, _) = c.matrix(&mut rng, f, rows, cols, u64::MAX);
                     let lin = Linear { w: m, b: None };
                     let mut g = c.graph();
-                    g.linear(&lin, &xb, &yb, false, kind);
-                    let plan = g.finish();
+                    g.linear(&lin, &xb, &yb);
+                    let plan = g.finish().unwrap();
                     // Warm-up: the driver compiles on first use.
                     run(&c.gpu, &plan, &c.step, n as u32, 0);
                     (f, plan, Vec::new())

@@ -1,9 +1,13 @@
-//! The real model (Qwen2.5-Coder-0.5B-Instruct, fetched by scripts/fetch-model.sh) against
-//! tests/fixtures/golden_real_dev.json, computed by transformers in float32 from the same weights:
-//! exact prompt ids from the chat template, and greedy ids identical for the first 32 generated
-//! tokens on at least 5 of the 6 prompts, from the GGUF file alone and from the bf16 safetensors form.
-//! transformers' own bf16 run flips dev_en_tips at step 7 (an f32 margin of 0.007), so one prompt may
-//! diverge for bf16 / quantized weights. Figures for all 6 are printed (run with --nocapture).
+//! The real models against goldens computed by transformers in float32 from the same weights: exact
+//! prompt ids from the chat template, and greedy ids identical for the first 32 generated tokens.
+//! - Qwen2.5-Coder-0.5B-Instruct (scripts/fetch-model.sh), tests/fixtures/golden_real_dev.json: all 6
+//!   prompts from the GGUF file alone, and at least 5 of 6 from the bf16 safetensors form
+//!   (transformers' own bf16 run flips dev_en_tips at step 7, an f32 margin of 0.007).
+//! - SmolLM2-135M-Instruct, a Llama (scripts/fetch-smollm2.sh), tests/fixtures/smollm2/golden_dev.json:
+//!   all 4 prompts from the Q4_1 GGUF alone (its Q/K rows permuted by llama.cpp's converter, its
+//!   tokenizer rebuilt with the "smollm" pre-tokenizer).
+//!
+//! Figures for every prompt are printed (run with --nocapture).
 //!
 //! Without the model files these tests fail in CI (CI=true) and say how to fetch them elsewhere.
 
@@ -23,10 +27,13 @@ struct Prompt {
     generated: Vec<u32>,
 }
 
-fn golden() -> Vec<Prompt> {
-    let v: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("golden_real_dev.json")).unwrap())
-            .unwrap();
+const QWEN_GGUF: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
+const QWEN_GOLDEN: &str = "golden_real_dev.json";
+const SMOLLM2_GGUF: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const SMOLLM2_GOLDEN: &str = "smollm2/golden_dev.json";
+
+fn golden(file: &str) -> Vec<Prompt> {
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(fixture(file)).unwrap()).unwrap();
     let ids = |x: &Value| {
         x.as_array()
             .unwrap()
@@ -54,7 +61,7 @@ fn model_path(name: &str) -> Option<PathBuf> {
         return Some(p);
     }
     let msg = format!(
-        "{} is missing: run scripts/fetch-model.sh --hf (or set GLINT_MODELS)",
+        "{} is missing: run scripts/setup.sh --hf (or set GLINT_MODELS)",
         p.display()
     );
     if std::env::var("CI")
@@ -73,12 +80,15 @@ fn load(name: &str, opts: LoadOptions) -> Option<Model> {
     Some(Model::load(&p, opts).unwrap())
 }
 
-/// Generate for every golden prompt; returns how many match the golden for the first 32 tokens.
-fn check_golden(model: &mut Model, label: &str) -> usize {
+/// Generate for every prompt of a golden file; returns how many match the golden for the first 32
+/// tokens, and how many prompts there are.
+fn check_golden(model: &mut Model, file: &str, label: &str) -> (usize, usize) {
     let mut ok = 0;
     let mut total_tokens = 0;
     let mut decode_ms = 0.0;
-    for p in golden() {
+    let prompts = golden(file);
+    let n = prompts.len();
+    for p in prompts {
         let ids = model.chat_prompt(&p.messages).unwrap();
         assert_eq!(
             ids, p.prompt_ids,
@@ -111,23 +121,20 @@ fn check_golden(model: &mut Model, label: &str) -> usize {
         }
     }
     println!(
-        "{label}: {ok}/6 prompts identical for the first {STEPS} tokens; decode {:.2} tok/s on {}",
+        "{label}: {ok}/{n} prompts identical for the first {STEPS} tokens; decode {:.2} tok/s on {}",
         total_tokens as f64 * 1e3 / decode_ms,
         model.gpu.describe()
     );
-    ok
+    (ok, n)
 }
 
 #[test]
 fn gguf_reproduces_golden() {
-    let Some(mut m) = load(
-        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-        LoadOptions::default(),
-    ) else {
+    let Some(mut m) = load(QWEN_GGUF, LoadOptions::default()) else {
         return;
     };
-    let ok = check_golden(&mut m, "gguf");
-    assert!(ok >= 5, "gguf: only {ok}/6 prompts match the golden");
+    let (ok, n) = check_golden(&mut m, QWEN_GOLDEN, "gguf");
+    assert_eq!(ok, n, "gguf: only {ok}/{n} prompts match the golden");
 }
 
 #[test]
@@ -135,25 +142,38 @@ fn safetensors_bf16_reproduces_golden() {
     let Some(mut m) = load("qwen2.5-coder-0.5b-instruct-bf16", LoadOptions::default()) else {
         return;
     };
-    let ok = check_golden(&mut m, "bf16");
-    assert!(ok >= 5, "bf16: only {ok}/6 prompts match the golden");
+    let (ok, n) = check_golden(&mut m, QWEN_GOLDEN, "bf16");
+    assert!(ok + 1 >= n, "bf16: only {ok}/{n} prompts match the golden");
 }
 
-/// The tokenizer rebuilt from GGUF metadata gives the golden ids on all 20 strings.
+/// SmolLM2 (Llama architecture) from its Q4_1 GGUF alone.
 #[test]
-fn gguf_tokenizer_matches_golden() {
-    let Some(p) = model_path("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf") else {
+fn smollm2_gguf_reproduces_golden() {
+    let Some(mut m) = load(SMOLLM2_GGUF, LoadOptions::default()) else {
+        return;
+    };
+    let (ok, n) = check_golden(&mut m, SMOLLM2_GOLDEN, "smollm2");
+    assert_eq!(ok, n, "smollm2: only {ok}/{n} prompts match the golden");
+}
+
+/// The tokenizer rebuilt from a GGUF's metadata gives the golden ids on all 20 strings.
+fn check_gguf_tokenizer(gguf: &str, golden: &str) {
+    let Some(p) = model_path(gguf) else {
         return;
     };
     let tok = glint::engine::tokenizer_for(&p).unwrap();
-    let v: Value = serde_json::from_str(
-        &std::fs::read_to_string(fixture("tokenizer_golden_dev.json")).unwrap(),
-    )
-    .unwrap();
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture(golden)).unwrap()).unwrap();
     let cases = v["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 20);
     for c in cases {
-        let text = c["text"].as_str().unwrap();
+        let hex = c["text_utf8_hex"].as_str().unwrap();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let text = String::from_utf8(bytes).unwrap();
+        let text = text.as_str();
         let want: Vec<u32> = c["ids"]
             .as_array()
             .unwrap()
@@ -163,9 +183,19 @@ fn gguf_tokenizer_matches_golden() {
         assert_eq!(
             tok.encode(text).unwrap(),
             want,
-            "GGUF tokenizer on {text:?}"
+            "{gguf} tokenizer on {text:?}"
         );
     }
+}
+
+#[test]
+fn gguf_tokenizer_matches_golden() {
+    check_gguf_tokenizer(QWEN_GGUF, "tokenizer_golden_dev.json");
+}
+
+#[test]
+fn smollm2_gguf_tokenizer_matches_golden() {
+    check_gguf_tokenizer(SMOLLM2_GGUF, "smollm2/tokenizer_golden_dev.json");
 }
 
 /// `--quant q8_0` against the bf16 weights it was made from: top-1 agreement of the logits at every

@@ -672,12 +672,15 @@ fn gpu_same_seed_same_ids_and_draws_match_reference() {
     assert!(compared >= 35, "{compared}");
 }
 
-/// The engine's argmax kernel (shaders/argmax.wgsl) on `logits`.
+/// The engine's argmax kernel (shaders/argmax.wgsl, with the prelude) on `logits`, one row.
 fn gpu_argmax(c: &Ctx, n_valid: usize) -> u32 {
+    use glint::uniforms::{ArgmaxParams, Step};
     let g = &c.gpu;
     let m = g.device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("argmax"),
-        source: wgpu::ShaderSource::Wgsl(glint::kernels::ARGMAX.into()),
+        source: wgpu::ShaderSource::Wgsl(
+            glint::kernels::compose(glint::kernels::ARGMAX, None).into(),
+        ),
     });
     let pl = g
         .device
@@ -689,25 +692,34 @@ fn gpu_argmax(c: &Ctx, n_valid: usize) -> u32 {
             compilation_options: Default::default(),
             cache: None,
         });
-    let params = g.uniform_init("argmax", bytemuck::cast_slice(&[n_valid as u32, 0, 0, 0]));
+    let params = g.uniform_init(
+        "argmax",
+        bytemuck::bytes_of(&ArgmaxParams {
+            n_valid: n_valid as u32,
+            row_stride: n_valid as u32,
+            ..Default::default()
+        }),
+    );
+    let step = g.uniform_init(
+        "step",
+        bytemuck::bytes_of(&Step {
+            n: 1,
+            ..Default::default()
+        }),
+    );
     let out = g.storage("argmax.out", 4).unwrap();
+    let entries: Vec<wgpu::BindGroupEntry> = [&params, &step, &c.logits, &out]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource: b.as_entire_binding(),
+        })
+        .collect();
     let bg = g.device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: None,
         layout: &pl.get_bind_group_layout(0),
-        entries: &[
-            wgpu::BindGroupEntry {
-                binding: 0,
-                resource: params.as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 1,
-                resource: c.logits.as_entire_binding(),
-            },
-            wgpu::BindGroupEntry {
-                binding: 2,
-                resource: out.as_entire_binding(),
-            },
-        ],
+        entries: &entries,
     });
     let mut enc = g.device.create_command_encoder(&Default::default());
     {

@@ -225,7 +225,7 @@ fn malformed_json_names_the_path() {
 fn gguf_vocab_errors() {
     let tokens: Vec<String> = ["a", "b", "ab"].iter().map(|s| s.to_string()).collect();
     let err =
-        Tokenizer::from_gguf_vocab(&tokens, &[1, 1, 1], &["a b".into()], "llama-bpe").unwrap_err();
+        Tokenizer::from_gguf_vocab(&tokens, &[1, 1, 1], &["a b".into()], "falcon").unwrap_err();
     assert!(
         matches!(&err, Error::Tokenizer(m) if m.contains("tokenizer.ggml.pre")),
         "{err}"

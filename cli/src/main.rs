@@ -84,6 +84,10 @@ fn parse_quant(s: &str) -> Result<glint::quant::QuantType, String> {
     }
 }
 
+fn parse_kv_type(s: &str) -> Result<glint::kernels::KvType, String> {
+    glint::kernels::KvType::parse(s).ok_or_else(|| format!("'{s}' is not one of f32, f16"))
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();

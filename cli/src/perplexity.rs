@@ -32,8 +32,8 @@ pub struct PerplexityArgs {
     /// file's).
     #[arg(long, value_name = "N")]
     chunks: Option<usize>,
-    /// Tokens per forward call (default: -c). The logits of one call are further limited to what one
-    /// GPU binding holds (220 rows for a 151936-id vocabulary under 128 MiB).
+    /// Tokens per forward call (default: -c). The rows of logits of one call are further limited to
+    /// what one GPU binding holds (220 rows for a 151936-id vocabulary under 128 MiB).
     #[arg(short = 'b', long = "batch-size", value_name = "N")]
     batch: Option<usize>,
     /// Without --kl-divergence: also write the model's top-k log-probabilities at every scored position
@@ -50,6 +50,13 @@ pub struct PerplexityArgs {
     /// Quantize a safetensors model's matrices at load: q8_0, q4_0, q4_k or f16.
     #[arg(long, value_parser = crate::parse_quant)]
     quant: Option<glint::quant::QuantType>,
+    /// KV cache element type: f32 or f16 (default: f16 where the device has SHADER_F16, else f32).
+    #[arg(long = "kv-type", value_name = "TYPE", value_parser = crate::parse_kv_type)]
+    kv_type: Option<glint::kernels::KvType>,
+    /// Keep every layer's matrices separate (no fused q/k/v and gate/up dispatches), to measure what
+    /// the fused kernels cost in quality.
+    #[arg(long = "no-fuse")]
+    no_fuse: bool,
     /// Print one JSON object with every figure as the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -106,10 +113,21 @@ pub fn perplexity(a: PerplexityArgs) -> glint::Result<()> {
         _ => (a.ctx_size.unwrap_or(512), a.chunks),
     };
     let text = std::fs::read_to_string(&a.file).map_err(|e| Error::io(&a.file, e))?;
+    let batch = a.batch.unwrap_or(n_ctx);
+    if batch == 0 {
+        return Err(Error::Input(
+            "-b/--batch-size 0: at least 1 is needed".into(),
+        ));
+    }
+    // Every token of a call may be a scored position: as many output rows as tokens (the engine
+    // caps them at one binding's worth of logits).
     let opts = LoadOptions {
         gpu: a.gpu.options()?,
         ctx_size: Some(n_ctx),
-        batch: a.batch.unwrap_or(n_ctx),
+        batch,
+        max_outputs: Some(batch),
+        fuse: !a.no_fuse,
+        kv_type: a.kv_type,
         quant: a.quant,
         ..Default::default()
     };
@@ -150,11 +168,15 @@ pub fn perplexity(a: PerplexityArgs) -> glint::Result<()> {
     }
     if !a.quiet {
         eprintln!(
-            "perplexity: {} tokens, {} chunks of {n_ctx} ({} positions scored in each), batch {}, BOS {}",
+            "perplexity: {} tokens, {} chunks of {n_ctx} ({} positions scored in each), batch {}, \
+             {} logit rows per call, KV {}, {}, BOS {}",
             tokens.len(),
             ch.n_chunks,
             ch.scored_per_chunk(),
-            a.batch.unwrap_or(n_ctx),
+            model.max_batch(),
+            model.max_outputs(),
+            model.kv_type().name(),
+            if a.no_fuse { "unfused" } else { "fused" },
             bos.map_or("none".into(), |b| b.to_string()),
         );
     }
@@ -312,7 +334,10 @@ pub fn perplexity(a: PerplexityArgs) -> glint::Result<()> {
             "chunks_done": done,
             "interrupted": was_interrupted,
             "scored": stats.count,
-            "batch": a.batch.unwrap_or(n_ctx),
+            "batch": model.max_batch(),
+            "max_outputs": model.max_outputs(),
+            "kv_type": model.kv_type().name(),
+            "fuse": !a.no_fuse,
             "bos": bos,
             "ppl": stats.ppl(),
             "ppl_unc": stats.ppl_uncertainty(),

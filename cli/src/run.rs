@@ -67,9 +67,9 @@ pub fn run(a: RunArgs) -> glint::Result<()> {
         quant: a.quant,
         ..Default::default()
     };
-    let (mut model, _) = load_model(&a.model, opts, a.quiet)?;
-    let prompt: Vec<u32> = if let Some(ids) = &a.prompt_ids {
-        ids.clone()
+    // The messages file is read before the model loads, so that a bad one fails at once.
+    let messages = if a.prompt_ids.is_some() {
+        None
     } else {
         let mut messages = match (&a.messages, &a.prompt) {
             (Some(f), _) => glint::chat::load_messages(f)?,
@@ -88,7 +88,12 @@ pub fn run(a: RunArgs) -> glint::Result<()> {
                 },
             );
         }
-        model.chat_prompt(&messages)?
+        Some(messages)
+    };
+    let (mut model, _) = load_model(&a.model, opts, a.quiet)?;
+    let prompt: Vec<u32> = match &messages {
+        Some(messages) => model.chat_prompt(messages)?,
+        None => a.prompt_ids.clone().unwrap_or_default(),
     };
     let seed = a.sampling.seed();
     let gen_opts = GenerateOptions {

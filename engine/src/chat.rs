@@ -117,7 +117,12 @@ impl ChatTemplate {
 /// Parse an OpenAI-style JSON array of `{"role": ..., "content": ...}` (`--messages FILE.json`).
 pub fn load_messages(path: &Path) -> Result<Vec<Message>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let json: Json = serde_json::from_str(&text)
+    parse_messages(&text, path)
+}
+
+/// Parse the content of a `--messages` file (see [`load_messages`]); `path` names it in errors.
+pub fn parse_messages(text: &str, path: &Path) -> Result<Vec<Message>> {
+    let json: Json = serde_json::from_str(text)
         .map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
     let Json::Array(entries) = json else {
         return Err(Error::format(

@@ -2,12 +2,15 @@
 //! (generation_config.json).
 
 use crate::error::{Error, Result};
+use crate::family::{Family, Rope, RopeScaling};
 use serde_json::Value;
 use std::path::Path;
 
-/// The shapes and constants of a Qwen2-family decoder.
+/// The shapes and constants of a decoder (any family of family.rs).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
+    pub family: &'static Family,
+    /// As the file names it (config.json architectures[0] or model_type, GGUF general.architecture).
     pub architecture: String,
     pub hidden: usize,
     pub intermediate: usize,
@@ -17,7 +20,11 @@ pub struct ModelConfig {
     pub head_dim: usize,
     pub vocab: usize,
     pub rms_eps: f32,
-    pub rope_theta: f64,
+    /// q, k, v carry a bias (the family's default, or config.json attention_bias).
+    pub qkv_bias: bool,
+    /// Per-head RMSNorm on q and k before RoPE.
+    pub qk_norm: bool,
+    pub rope: Rope,
     pub max_position: usize,
     pub tie_embeddings: bool,
     pub bos: Option<u32>,
@@ -61,10 +68,14 @@ impl ModelConfig {
                     .map(str::to_string)
             })
             .ok_or("neither 'architectures' nor 'model_type' is set")?;
-        if arch != "Qwen2ForCausalLM" && arch != "qwen2" {
-            return Err(format!(
-                "architecture '{arch}' is not supported (supported: Qwen2ForCausalLM, model_type qwen2)"
-            ));
+        let family = Family::from_hf(&arch).ok_or_else(|| {
+            format!(
+                "architecture '{arch}' is not supported (supported: {})",
+                Family::supported_hf()
+            )
+        })?;
+        if v.get("mlp_bias").and_then(|b| b.as_bool()) == Some(true) {
+            return Err("mlp_bias = true is not supported".into());
         }
         let req = |k: &str| -> std::result::Result<usize, String> {
             v.get(k)
@@ -84,16 +95,8 @@ impl ModelConfig {
             Some(h) => h as usize,
             None => hidden / n_heads,
         };
-        let rope_theta = v
-            .get("rope_theta")
-            .and_then(|x| x.as_f64())
-            .or_else(|| {
-                v.get("rope_parameters")
-                    .and_then(|r| r.get("rope_theta"))
-                    .and_then(|x| x.as_f64())
-            })
-            .unwrap_or(10000.0);
         let cfg = ModelConfig {
+            family,
             architecture: arch,
             hidden,
             intermediate: req("intermediate_size")?,
@@ -106,7 +109,12 @@ impl ModelConfig {
                 .get("rms_norm_eps")
                 .and_then(|x| x.as_f64())
                 .unwrap_or(1e-6) as f32,
-            rope_theta,
+            qkv_bias: v
+                .get("attention_bias")
+                .and_then(|b| b.as_bool())
+                .unwrap_or(family.qkv_bias),
+            qk_norm: family.qk_norm,
+            rope: rope_from_json(v, family)?,
             max_position: v
                 .get("max_position_embeddings")
                 .and_then(|x| x.as_u64())
@@ -122,21 +130,39 @@ impl ModelConfig {
                 .map(|x| x as u32),
             eos: id_list(v.get("eos_token_id")),
         };
-        if let Some(rs) = v.get("rope_scaling").filter(|r| !r.is_null()) {
-            let kind = rs
-                .get("rope_type")
-                .or(rs.get("type"))
-                .and_then(|t| t.as_str())
-                .unwrap_or("?");
-            if kind != "default" {
-                return Err(format!("rope_scaling type '{kind}' is not supported"));
-            }
-        }
         cfg.validate()?;
         Ok(cfg)
     }
 
+    /// Checks that the model can be built from these values: every size positive, the head counts
+    /// compatible, the norm epsilon and RoPE base usable numbers (a negative epsilon or a NaN base
+    /// would give NaN logits, not an error), and the sizes derived from them representable.
     pub fn validate(&self) -> std::result::Result<(), String> {
+        for (field, v) in [
+            ("hidden_size", self.hidden),
+            ("intermediate_size", self.intermediate),
+            ("num_hidden_layers", self.n_layers),
+            ("num_attention_heads", self.n_heads),
+            ("num_key_value_heads", self.n_kv_heads),
+            ("head_dim", self.head_dim),
+            ("vocab_size", self.vocab),
+        ] {
+            if v == 0 {
+                return Err(format!("{field} is 0, expected a positive integer"));
+            }
+        }
+        if !(self.rms_eps.is_finite() && self.rms_eps >= 0.0) {
+            return Err(format!(
+                "rms_norm_eps {} must be a finite value >= 0",
+                self.rms_eps
+            ));
+        }
+        if !(self.rope.theta.is_finite() && self.rope.theta > 0.0) {
+            return Err(format!(
+                "rope_theta {} must be a finite value > 0",
+                self.rope.theta
+            ));
+        }
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(format!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
@@ -149,13 +175,119 @@ impl ModelConfig {
                 self.head_dim
             ));
         }
+        // Byte sizes of the largest buffers (f32): the embedding, an MLP matrix, a Q projection and
+        // the KV cache of one token.
+        let sizes: [(&str, &[usize]); 4] = [
+            ("vocab_size x hidden_size", &[self.vocab, self.hidden, 4]),
+            (
+                "intermediate_size x hidden_size",
+                &[self.intermediate, self.hidden, 4],
+            ),
+            (
+                "num_attention_heads x head_dim",
+                &[self.n_heads, self.head_dim, 4],
+            ),
+            (
+                "num_hidden_layers x num_key_value_heads x head_dim",
+                &[self.n_layers, self.n_kv_heads, self.head_dim, 8],
+            ),
+        ];
+        for (what, factors) in sizes {
+            if factors
+                .iter()
+                .try_fold(1usize, |a, &b| a.checked_mul(b))
+                .is_none()
+            {
+                let values = &factors[..factors.len() - 1];
+                return Err(format!("{what} = {values:?} overflows: not a real model"));
+            }
+        }
         Ok(())
     }
 
-    /// KV cache bytes per token (f32 K and V, all layers).
-    pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.n_layers * self.n_kv_heads * self.head_dim * 4
+    /// The attention heads of a layer.
+    pub fn heads(&self) -> crate::graph::Heads {
+        crate::graph::Heads {
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+        }
     }
+
+    /// KV cache bytes per token (K and V, all layers). Cannot overflow for a config that
+    /// [`validate`](Self::validate) accepted.
+    pub fn kv_bytes_per_token(&self, kv: crate::kernels::KvType) -> usize {
+        2 * self.n_layers * self.n_kv_heads * self.head_dim * kv.bytes()
+    }
+}
+
+/// rope_theta and the scaling, from transformers 5's `rope_parameters` or the older top-level
+/// `rope_theta` with `rope_scaling` (real Llama 3 configs), whichever the file has.
+fn rope_from_json(v: &Value, family: &Family) -> std::result::Result<Rope, String> {
+    let params = v.get("rope_parameters").filter(|r| r.is_object());
+    let scaling = v.get("rope_scaling").filter(|r| r.is_object()).or(params);
+    let theta = v
+        .get("rope_theta")
+        .and_then(|x| x.as_f64())
+        .or_else(|| {
+            params
+                .and_then(|r| r.get("rope_theta"))
+                .and_then(|x| x.as_f64())
+        })
+        .unwrap_or(family.default_rope_theta);
+    let Some(rs) = scaling else {
+        return Ok(Rope {
+            theta,
+            scaling: RopeScaling::None,
+        });
+    };
+    let kind = rs
+        .get("rope_type")
+        .or(rs.get("type"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("default");
+    let num = |k: &str| -> std::result::Result<f64, String> {
+        rs.get(k).and_then(|x| x.as_f64()).ok_or(format!(
+            "rope scaling '{kind}': field '{k}' is missing or not a number"
+        ))
+    };
+    let scaling = match kind {
+        "default" => RopeScaling::None,
+        "llama3" => {
+            let s = RopeScaling::Llama3 {
+                factor: num("factor")?,
+                low_freq_factor: num("low_freq_factor")?,
+                high_freq_factor: num("high_freq_factor")?,
+                original_max_position: num("original_max_position_embeddings")?,
+            };
+            if let RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position,
+            } = s
+            {
+                if !(factor > 0.0
+                    && low_freq_factor > 0.0
+                    && high_freq_factor > low_freq_factor
+                    && original_max_position > 0.0)
+                {
+                    return Err(format!(
+                        "rope scaling 'llama3': factor {factor}, low_freq_factor {low_freq_factor}, \
+                         high_freq_factor {high_freq_factor}, original_max_position_embeddings \
+                         {original_max_position}: expected positive values with high > low"
+                    ));
+                }
+            }
+            s
+        }
+        other => {
+            return Err(format!(
+                "rope scaling type '{other}' is not supported (supported: default, llama3)"
+            ))
+        }
+    };
+    Ok(Rope { theta, scaling })
 }
 
 /// Sampling defaults and stop ids from generation_config.json.
@@ -172,9 +304,13 @@ pub struct GenerationConfig {
 
 impl GenerationConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let v = read_json(path)?;
+        Ok(Self::from_json(&read_json(path)?))
+    }
+
+    /// The fields of a parsed generation_config.json; absent or mistyped fields are `None`.
+    pub fn from_json(v: &Value) -> Self {
         let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).map(|x| x as f32);
-        Ok(GenerationConfig {
+        GenerationConfig {
             eos: id_list(v.get("eos_token_id")),
             do_sample: v.get("do_sample").and_then(|x| x.as_bool()),
             temperature: f("temperature"),
@@ -182,6 +318,6 @@ impl GenerationConfig {
             top_p: f("top_p"),
             min_p: f("min_p"),
             repetition_penalty: f("repetition_penalty"),
-        })
+        }
     }
 }

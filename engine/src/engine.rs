@@ -1,21 +1,24 @@
 //! The public runtime: load a model directory (or GGUF file) onto the GPU and run it.
 //!
-//! `Model` owns the GPU context, the weights, the activation buffers, the KV cache and the prebuilt
-//! plans (decode, prefill, all-logits). A call writes the token ids and a 16-byte step uniform, records
-//! the plan into one command buffer, submits once and reads back 4 bytes (the greedy token) or the
-//! logits when asked.
+//! `Model` owns the GPU context, the weights, the activation buffers, the KV cache (one region per
+//! sequence slot) and the plan built at load. A call ([`Model::step_batch`]) takes tokens of one or
+//! several sequences, writes their ids, (slot, position) pairs and the rows whose next token is wanted,
+//! records the plan into one command buffer, submits once and reads back 4 bytes per sequence (its
+//! greedy or sampled next token). The single-sequence API (`feed`, `generate_with`) is slot 0 of it.
 
 use crate::chat::{ChatTemplate, Message};
 use crate::config::{GenerationConfig, ModelConfig};
 use crate::error::{Error, Result};
 use crate::gguf_loader::GgufModel;
 use crate::gpu::{Gpu, GpuOptions};
-use crate::graph::{Activations, Graph, KvCache, LinearKind, Plan, StepUniform};
-use crate::kernels::{Kernels, Shapes};
-use crate::model::{Logits, Qwen2, WeightSource};
+use crate::graph::{Activations, CallShape, Graph, KvCache, Plan, StepBuffers};
+use crate::kernels::{Kernels, KvType, Shapes};
+use crate::model::{Decoder, Fusion, WeightSource, Weights};
 use crate::quant::QuantType;
 use crate::safetensors_loader::SafetensorsWeights;
-use crate::sampler::{penalty_window, GpuSampler, SamplingParams, SeededRng};
+use crate::sampler::{
+    penalty_window, GpuSampler, SampleRow, SamplingParams, SeededRng, OUTPUT_WORDS,
+};
 use crate::tokenizer::Tokenizer;
 use crate::weights::HostMatrix;
 use std::borrow::Cow;
@@ -24,16 +27,32 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Adjusts the device's kernel shapes before the pipelines are built.
+pub type ShapesFn = Box<dyn Fn(&mut Shapes)>;
+
 /// A load-progress callback: (tensor name, bytes uploaded so far, total bytes).
 pub type Progress = Box<dyn FnMut(&str, u64, u64)>;
 
 /// Options for [`Model::load`].
 pub struct LoadOptions {
     pub gpu: GpuOptions,
-    /// Context length (tokens of KV cache). Default: min(model maximum, 4096).
+    /// Context length (tokens of KV cache) of each sequence slot. Default: min(model maximum, 4096).
     pub ctx_size: Option<usize>,
-    /// Tokens per prefill call (activation buffers are sized for it).
+    /// Tokens per call (activation buffers are sized for it).
     pub batch: usize,
+    /// Sequence slots: independent sequences (each with its own region of the KV cache) that one call
+    /// can advance together.
+    pub slots: usize,
+    /// Rows of logits one call can produce (at least `slots`; more for scoring many positions at once,
+    /// up to `batch` and to what one storage binding of [rows, vocab] f32 holds). Default: `slots`.
+    pub max_outputs: Option<usize>,
+    /// Merge the layers that read the same input into one matrix at load (q, k, v; gate and up), so
+    /// each runs as one dispatch. Default true; false keeps every layer separate (for comparisons).
+    pub fuse: bool,
+    /// KV cache element type. Default: f16 on devices with SHADER_F16, else f32.
+    pub kv_type: Option<KvType>,
+    /// Adjust the device's kernel shapes (tests, the lab's tuning).
+    pub shapes: Option<ShapesFn>,
     /// Called with (tensor name, bytes uploaded so far, total bytes) while weights upload.
     pub progress: Option<Progress>,
     /// Quantize a float model's matrices at load (safetensors models; GGUF weights stay as they are).
@@ -46,6 +65,11 @@ impl Default for LoadOptions {
             gpu: GpuOptions::default(),
             ctx_size: None,
             batch: 256,
+            slots: 1,
+            max_outputs: None,
+            fuse: true,
+            kv_type: None,
+            shapes: None,
             progress: None,
             quant: None,
         }
@@ -118,6 +142,23 @@ pub enum Flow {
     Stop,
 }
 
+/// One sequence's part of a batched call ([`Model::step_batch`]).
+#[derive(Clone, Copy, Debug)]
+pub struct SeqStep<'a> {
+    pub slot: usize,
+    /// Tokens appended to the slot's cache, at the positions that follow it.
+    pub tokens: &'a [u32],
+    /// How to choose the token that follows them; None: no output (a prompt chunk).
+    pub sample: Option<SeqSample<'a>>,
+}
+
+/// How a sequence's next token is chosen: `params`, and the uniform draw `u` in [0, 1).
+#[derive(Clone, Copy, Debug)]
+pub struct SeqSample<'a> {
+    pub params: &'a SamplingParams,
+    pub u: f32,
+}
+
 /// A loaded model, ready to generate.
 pub struct Model {
     pub gpu: Gpu,
@@ -126,22 +167,21 @@ pub struct Model {
     tokenizer: Option<Arc<Tokenizer>>,
     template: Option<ChatTemplate>,
     stop_ids: Vec<u32>,
-    net: Qwen2,
+    net: Decoder,
     kernels: Kernels,
     acts: Activations,
     kv: KvCache,
-    step: wgpu::Buffer,
-    dummy: wgpu::Buffer,
-    decode: Plan,
-    prefill: Plan,
-    all_logits: Option<(Plan, wgpu::Buffer, usize)>,
-    /// The log-probability kernel of [`Model::score`] (perplexity.rs), built on first use.
-    pub(crate) scorer: Option<crate::logprobs::LogprobKernel>,
+    steps: StepBuffers,
+    _dummy: wgpu::Buffer,
+    plan: Plan,
+    /// [max_out, OUTPUT_WORDS] u32: the next ids of a call.
     readback: wgpu::Buffer,
     sampler: GpuSampler,
+    /// The log-probability kernel of [`Model::score`] (perplexity.rs), built on first use.
+    pub(crate) scorer: Option<crate::logprobs::LogprobKernel>,
     n_valid: usize,
-    /// The ids whose keys and values are in the KV cache, in order.
-    cache: Vec<u32>,
+    /// Per slot, the ids whose keys and values are in its region of the KV cache, in order.
+    slots: Vec<Vec<u32>>,
     pub load_ms: f64,
     pub source: PathBuf,
 }
@@ -326,10 +366,27 @@ impl Model {
             return Err(Error::Input("context size must be at least 1".into()));
         }
         let batch = opts.batch.clamp(1, ctx);
+        let n_slots = opts.slots.max(1);
         let gpu = Gpu::new(&opts.gpu)?;
+        // Outputs asked for beyond the slots stop at what one binding of [rows, vocab] f32 logits holds.
+        let binding_rows = (gpu.caps.max_storage_binding / (cfg.vocab as u64 * 4)) as usize;
+        let max_out = opts
+            .max_outputs
+            .unwrap_or(n_slots)
+            .min(batch)
+            .min(binding_rows)
+            .max(n_slots);
         let mut shapes = Shapes::for_device(&gpu.caps);
+        if let Some(f) = &opts.shapes {
+            f(&mut shapes);
+        }
         // One attention invocation per output dim of a head.
         shapes.attn_wg = shapes.attn_wg.max(cfg.head_dim.next_power_of_two() as u32);
+        let kv_type = opts.kv_type.unwrap_or(if gpu.caps.shader_f16 {
+            KvType::F16
+        } else {
+            KvType::F32
+        });
         let kernels = Kernels::new(&gpu, shapes)?;
         let mut done = 0u64;
         let mut cb = opts.progress.take();
@@ -339,7 +396,17 @@ impl Model {
                 cb(name, done, total_bytes);
             }
         };
-        let net = Qwen2::load(&gpu, &cfg, weights, ctx, &mut progress)?;
+        let progress: &mut dyn FnMut(&str, u64) = &mut progress;
+        let progress = RefCell::new(progress);
+        let fusion = if opts.fuse {
+            Fusion::On {
+                align: kernels.shapes.segment_align(),
+            }
+        } else {
+            Fusion::Off
+        };
+        let w = Weights::new(&gpu, weights, &progress, fusion);
+        let net = Decoder::new(&gpu, &cfg, &w, ctx)?;
         if let Some(m) = net
             .matrices()
             .into_iter()
@@ -351,16 +418,9 @@ impl Model {
                 m.format.name()
             )));
         }
-        let acts = Activations::new(&gpu, &cfg, batch)?;
-        let kv = KvCache::new(&gpu, &cfg, ctx)?;
-        let step = gpu.uniform_init(
-            "step",
-            bytemuck::bytes_of(&StepUniform {
-                n_tokens: 1,
-                pos0: 0,
-                _pad: [0; 2],
-            }),
-        );
+        let acts = Activations::new(&gpu, &cfg, batch, max_out, &kernels.shapes)?;
+        let kv = KvCache::new(&gpu, &cfg, ctx, n_slots, kv_type)?;
+        let steps = StepBuffers::new(&gpu, batch, max_out)?;
         let dummy = gpu.storage("dummy", 16)?;
         let n_valid = tokenizer
             .as_ref()
@@ -368,15 +428,20 @@ impl Model {
         let mut stop_ids: Vec<u32> = gen_cfg.eos.iter().chain(&cfg.eos).copied().collect();
         stop_ids.sort();
         stop_ids.dedup();
-        let plan = |kind| {
-            let mut g = Graph::new(&gpu, &kernels, &step, &dummy);
-            net.forward(&mut g, &acts, &kv, kind, Logits::Last { n_valid });
-            g.finish()
+        let plan = {
+            let mut g = Graph::new(&gpu, &kernels, &steps, &dummy);
+            net.forward(&mut g, &acts, &kv, n_valid);
+            g.finish()?
         };
-        let decode = plan(LinearKind::Vec);
-        let prefill = plan(LinearKind::Mat);
-        let readback = gpu.readback("next", 4);
-        let sampler = GpuSampler::new(&gpu, &acts.logits, n_valid, ctx)?;
+        let readback = gpu.readback("next", (max_out * OUTPUT_WORDS * 4) as u64);
+        let sampler = GpuSampler::with_rows(
+            &gpu,
+            &acts.logits,
+            cfg.vocab,
+            n_valid,
+            max_out,
+            max_out * ctx,
+        )?;
         let mut m = Model {
             gpu,
             cfg,
@@ -388,16 +453,14 @@ impl Model {
             kernels,
             acts,
             kv,
-            step,
-            dummy,
-            decode,
-            prefill,
-            all_logits: None,
-            scorer: None,
+            steps,
+            _dummy: dummy,
+            plan,
             readback,
             sampler,
+            scorer: None,
             n_valid,
-            cache: Vec::new(),
+            slots: vec![Vec::new(); n_slots],
             load_ms: 0.0,
             source: path.to_path_buf(),
         };
@@ -423,24 +486,45 @@ impl Model {
     pub fn stop_ids(&self) -> &[u32] {
         &self.stop_ids
     }
+    /// Context (tokens of KV cache) of each sequence slot.
     pub fn ctx_size(&self) -> usize {
         self.kv.ctx
     }
-    /// Tokens currently in the KV cache.
-    pub fn position(&self) -> usize {
-        self.cache.len()
+    /// Sequence slots (independent sequences a call can advance together).
+    pub fn n_slots(&self) -> usize {
+        self.slots.len()
     }
-    /// The ids in the KV cache, in order.
+    /// Tokens one call can hold.
+    pub fn max_batch(&self) -> usize {
+        self.acts.batch
+    }
+    /// Rows of logits one call can produce.
+    pub fn max_outputs(&self) -> usize {
+        self.acts.max_out
+    }
+    /// The ids in a slot's region of the KV cache, in order.
+    pub fn slot_ids(&self, slot: usize) -> &[u32] {
+        &self.slots[slot]
+    }
+    /// Keep only the first `len` tokens of a slot's cache (0: forget its sequence).
+    pub fn truncate_slot(&mut self, slot: usize, len: usize) {
+        self.slots[slot].truncate(len);
+    }
+    /// Tokens currently in the KV cache (slot 0, the single-sequence API's).
+    pub fn position(&self) -> usize {
+        self.slots[0].len()
+    }
+    /// The ids in the KV cache (slot 0), in order.
     pub fn cached_ids(&self) -> &[u32] {
-        &self.cache
+        &self.slots[0]
     }
     /// Forget the conversation (the cache is overwritten from position 0).
     pub fn reset(&mut self) {
-        self.cache.clear();
+        self.slots[0].clear();
     }
-    /// Keep only the first `pos` tokens of the cache.
+    /// Keep only the first `pos` tokens of the cache (slot 0).
     pub fn truncate(&mut self, pos: usize) {
-        self.cache.truncate(pos);
+        self.slots[0].truncate(pos);
     }
     /// Sampling defaults from the model's generation_config.json (do_sample false or absent: greedy);
     /// flags override them field by field.
@@ -473,13 +557,30 @@ impl Model {
     pub fn bytes_per_token(&self, ctx_len: usize) -> u64 {
         let emb = self.net.embed.bytes();
         let emb_row = emb / self.cfg.vocab as u64;
-        let kv = (ctx_len * self.cfg.kv_bytes_per_token()) as u64;
+        let kv = (ctx_len * self.cfg.kv_bytes_per_token(self.kv.kv_type)) as u64;
         self.net.weight_bytes() - emb + emb_row + kv + self.net.lm_head.is_none() as u64 * emb
     }
 
-    /// Dispatches recorded per decoded token.
+    /// Dispatches recorded per decoded token (one token, one output, at the start of the context).
     pub fn decode_dispatches(&self) -> usize {
-        self.decode.dispatches()
+        self.plan.dispatches_for(CallShape::new(1, 1))
+    }
+    /// Dispatches of a decode step with `ctx_len` tokens in the cache (split-K attention adds its
+    /// reduces at long contexts).
+    pub fn decode_dispatches_at(&self, ctx_len: usize) -> usize {
+        let call = CallShape {
+            kv_splits: self.kv_splits(&[[0, ctx_len as u32]]),
+            ..CallShape::new(1, 1)
+        };
+        self.plan.dispatches_for(call)
+    }
+    /// The plan's dispatch labels for a call.
+    pub fn dispatch_labels(&self, call: CallShape) -> Vec<&'static str> {
+        self.plan.labels(call)
+    }
+    /// The KV cache's element type.
+    pub fn kv_type(&self) -> KvType {
+        self.kv.kv_type
     }
     pub fn kernels(&self) -> &Kernels {
         &self.kernels
@@ -514,11 +615,14 @@ impl Model {
                 self.cfg.vocab
             )));
         }
-        if self.cache.len() + ids.len() > self.kv.ctx {
+        Ok(())
+    }
+
+    fn check_fits(&self, slot: usize, n: usize) -> Result<()> {
+        let have = self.slots[slot].len();
+        if have + n > self.kv.ctx {
             return Err(Error::Input(format!(
-                "{} tokens do not fit the context: {} already in the cache, context size {} (raise --ctx-size, at most {})",
-                ids.len(),
-                self.cache.len(),
+                "{n} tokens do not fit the context: {have} already in the cache, context size {} (raise --ctx-size, at most {})",
                 self.kv.ctx,
                 self.cfg.max_position
             )));
@@ -526,75 +630,177 @@ impl Model {
         Ok(())
     }
 
-    fn write_step(&self, ids: &[u32]) {
-        let q = &self.gpu.queue;
-        q.write_buffer(&self.acts.tokens, 0, bytemuck::cast_slice(ids));
-        let s = StepUniform {
-            n_tokens: ids.len() as u32,
-            pos0: self.cache.len() as u32,
-            _pad: [0; 2],
-        };
-        q.write_buffer(&self.step, 0, bytemuck::bytes_of(&s));
-    }
-
     /// Run `ids` through the model (prefill in batches, or one decode step for a single id), appending
     /// them to the cache. Afterwards the last token's logits are on the GPU and its greedy choice is read
     /// back and returned.
     pub fn feed(&mut self, ids: &[u32]) -> Result<u32> {
-        self.step(ids, None)
+        self.feed_slot(0, ids, None)
     }
 
     /// Like [`Model::feed`], but the next id is drawn by the GPU sampler with `params` and the uniform
     /// draw `u` (the repetition penalty covers the cache, `ids` included). Only the id is read back.
     pub fn feed_sampled(&mut self, ids: &[u32], params: &SamplingParams, u: f32) -> Result<u32> {
-        self.step(ids, Some((params, u)))
+        self.feed_slot(0, ids, Some(SeqSample { params, u }))
     }
 
-    fn step(&mut self, ids: &[u32], sampling: Option<(&SamplingParams, f32)>) -> Result<u32> {
+    /// Feed one slot's ids in calls of at most `max_batch` tokens; the last call samples.
+    fn feed_slot(&mut self, slot: usize, ids: &[u32], sample: Option<SeqSample>) -> Result<u32> {
         if ids.is_empty() {
             return Err(Error::Input(
                 "empty prompt: at least one token is needed".into(),
             ));
         }
         self.check_ids(ids)?;
-        let mut next = 0;
+        self.check_fits(slot, ids.len())?;
+        let greedy = SamplingParams::greedy();
+        let sample = sample.unwrap_or(SeqSample {
+            params: &greedy,
+            u: 0.0,
+        });
         let n_chunks = ids.len().div_ceil(self.acts.batch);
+        let mut next = 0;
         for (i, chunk) in ids.chunks(self.acts.batch).enumerate() {
-            self.write_step(chunk);
-            self.cache.extend_from_slice(chunk);
-            let plan = if chunk.len() == 1 {
-                &self.decode
-            } else {
-                &self.prefill
-            };
-            let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-            plan.record(&mut enc, chunk.len() as u32);
-            // Pure greedy reads the argmax the plan already computed; anything else runs the sampler
-            // (which applies the repetition penalty even at temperature 0).
-            match sampling {
-                Some((p, u))
-                    if i + 1 == n_chunks && !(p.is_greedy() && p.repetition_penalty == 1.0) =>
-                {
-                    let window = penalty_window(&self.cache, p.repeat_last_n);
-                    self.sampler.prepare(&self.gpu.queue, p, &window, u)?;
-                    self.sampler.record(&mut enc);
-                    enc.copy_buffer_to_buffer(self.sampler.output(), 0, &self.readback, 0, 4);
-                }
-                _ => enc.copy_buffer_to_buffer(&self.acts.next, 0, &self.readback, 0, 4),
+            let last = i + 1 == n_chunks;
+            let out = self.step_batch(&[SeqStep {
+                slot,
+                tokens: chunk,
+                sample: last.then_some(sample),
+            }])?;
+            if let Some(id) = out[0] {
+                next = id;
             }
-            self.gpu.queue.submit([enc.finish()]);
-            let bytes = self.gpu.read_mapped(&self.readback, 4)?;
-            next = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
         }
         Ok(next)
     }
 
-    /// The last token's logits from the latest `feed` ([vocab] f32; a 600 KB read for Qwen2).
+    /// One batched forward over tokens of several sequences: each entry appends its tokens to its slot's
+    /// cache, and those with `sample` get their next token (in the order of `seqs`; None for the
+    /// others). At most `max_batch` tokens and `max_outputs` samples per call, each slot at most once.
+    pub fn step_batch(&mut self, seqs: &[SeqStep]) -> Result<Vec<Option<u32>>> {
+        let n_tokens: usize = seqs.iter().map(|s| s.tokens.len()).sum();
+        if n_tokens == 0 || n_tokens > self.acts.batch {
+            return Err(Error::Input(format!(
+                "a call holds 1 to {} tokens, not {n_tokens}",
+                self.acts.batch
+            )));
+        }
+        let mut seen = vec![false; self.slots.len()];
+        for s in seqs {
+            if s.slot >= self.slots.len() {
+                return Err(Error::Input(format!(
+                    "slot {} does not exist ({} slots)",
+                    s.slot,
+                    self.slots.len()
+                )));
+            }
+            if std::mem::replace(&mut seen[s.slot], true) {
+                return Err(Error::Input(format!(
+                    "slot {} appears twice in one call",
+                    s.slot
+                )));
+            }
+            if s.tokens.is_empty() {
+                return Err(Error::Input(format!("slot {}: no tokens", s.slot)));
+            }
+            self.check_ids(s.tokens)?;
+            self.check_fits(s.slot, s.tokens.len())?;
+        }
+        let mut ids = Vec::with_capacity(n_tokens);
+        let mut meta = Vec::with_capacity(n_tokens);
+        let mut out_rows = Vec::new();
+        for s in seqs {
+            let pos0 = self.slots[s.slot].len();
+            for (t, &id) in s.tokens.iter().enumerate() {
+                ids.push(id);
+                meta.push([s.slot as u32, (pos0 + t) as u32]);
+            }
+            if s.sample.is_some() {
+                out_rows.push(ids.len() as u32 - 1);
+            }
+        }
+        let n_out = out_rows.len();
+        let splits = self.kv_splits(&meta);
+        let q = &self.gpu.queue;
+        q.write_buffer(&self.acts.tokens, 0, bytemuck::cast_slice(&ids));
+        let call = self.steps.write(q, &meta, &out_rows, splits)?;
+        for s in seqs {
+            self.slots[s.slot].extend_from_slice(s.tokens);
+        }
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        self.plan.record(&mut enc, call);
+        if n_out == 0 {
+            self.gpu.queue.submit([enc.finish()]);
+            return Ok(vec![None; seqs.len()]);
+        }
+        // Pure greedy reads the argmax the plan already computed; anything else runs the sampler
+        // (which applies the repetition penalty even at temperature 0).
+        let sampled: Vec<(&SeqStep, SeqSample)> = seqs
+            .iter()
+            .filter_map(|s| s.sample.map(|x| (s, x)))
+            .collect();
+        let all_greedy = sampled
+            .iter()
+            .all(|(_, x)| x.params.is_greedy() && x.params.repetition_penalty == 1.0);
+        let stride = if all_greedy {
+            enc.copy_buffer_to_buffer(&self.acts.next, 0, &self.readback, 0, n_out as u64 * 4);
+            1
+        } else {
+            let windows: Vec<Vec<u32>> = sampled
+                .iter()
+                .map(|(s, x)| penalty_window(&self.slots[s.slot], x.params.repeat_last_n))
+                .collect();
+            let rows: Vec<SampleRow> = sampled
+                .iter()
+                .zip(&windows)
+                .map(|((_, x), w)| SampleRow {
+                    params: x.params,
+                    window: w,
+                    u: x.u,
+                })
+                .collect();
+            self.sampler.prepare_rows(&self.gpu.queue, &rows)?;
+            self.sampler.record_rows(&mut enc, n_out);
+            let bytes = (n_out * OUTPUT_WORDS * 4) as u64;
+            enc.copy_buffer_to_buffer(self.sampler.output(), 0, &self.readback, 0, bytes);
+            OUTPUT_WORDS
+        };
+        self.gpu.queue.submit([enc.finish()]);
+        let bytes = self
+            .gpu
+            .read_mapped(&self.readback, (n_out * stride * 4) as u64)?;
+        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);
+        let mut k = 0;
+        Ok(seqs
+            .iter()
+            .map(|s| {
+                s.sample.map(|_| {
+                    k += 1;
+                    words[(k - 1) * stride]
+                })
+            })
+            .collect())
+    }
+
+    /// Split-K attention's key ranges for a call of these tokens: from the longest context among them
+    /// and the device's `Shapes::attn_split_keys`; 1 (no split) for calls of many tokens, which fill
+    /// the device already.
+    fn kv_splits(&self, meta: &[[u32; 2]]) -> u32 {
+        let sh = &self.kernels.shapes;
+        if meta.len() > sh.attn_split_tokens as usize {
+            return 1;
+        }
+        let keys = meta.iter().map(|m| m[1] + 1).max().unwrap_or(1);
+        keys.div_ceil(sh.attn_split_keys.max(1))
+            .clamp(1, sh.attn_max_splits.max(1))
+    }
+
+    /// The logits of the latest call's first output ([vocab] f32; a 600 KB read for Qwen2).
     pub fn logits(&self) -> Result<Vec<f32>> {
         self.gpu.read_f32(&self.acts.logits, 0, self.cfg.vocab)
     }
 
-    /// Run `ids` through the model and return the logits at every position (tests, scoring).
+    /// Run `ids` through the model (slot 0, appended to its cache) and return the logits at every
+    /// position (tests, scoring), in calls of at most `max_outputs` tokens.
     pub fn forward_all_logits(&mut self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
         let vocab = self.cfg.vocab;
         let mut out = Vec::with_capacity(ids.len());
@@ -606,11 +812,10 @@ impl Model {
         Ok(out)
     }
 
-    /// Run `ids` through the model (appended to the cache) and leave the logits of positions
-    /// `first_logits..` on the GPU: the ids before `first_logits` go through the prefill plan (no LM
-    /// head but the last token's), the rest through the all-logits plan in calls of at most as many
-    /// rows as one binding holds. After each such call, `on_logits(gpu, logits, i0, rows)` gets the
-    /// buffer whose rows `0..rows` ([rows, vocab] f32) are the logits of `ids[i0..i0 + rows]`.
+    /// Run `ids` through the model (slot 0, appended to its cache) and leave the logits of positions
+    /// `first_logits..` on the GPU: calls of at most `max_batch` tokens, each asking for at most
+    /// `max_outputs` rows of logits. After each call with outputs, `on_logits(gpu, logits, i0, rows)`
+    /// gets the buffer whose rows `0..rows` ([rows, vocab] f32) are the logits of `ids[i0..i0 + rows]`.
     /// Nothing is read back here: the callback runs its own kernels on the buffer (perplexity.rs).
     pub fn forward_logits_gpu(
         &mut self,
@@ -619,39 +824,32 @@ impl Model {
         on_logits: &mut dyn FnMut(&Gpu, &wgpu::Buffer, usize, usize) -> Result<()>,
     ) -> Result<()> {
         self.check_ids(ids)?;
+        self.check_fits(0, ids.len())?;
         let first = first_logits.min(ids.len());
-        if first > 0 {
-            self.step(&ids[..first], None)?;
-        }
-        if self.all_logits.is_none() {
-            let row = (self.cfg.vocab * 4) as u64;
-            let rows = ((self.gpu.caps.max_storage_binding / row) as usize).min(self.acts.batch);
-            if rows == 0 {
-                return Err(Error::Gpu(
-                    "one row of logits exceeds the device's binding size".into(),
-                ));
-            }
-            let buf = self.gpu.storage("all_logits", rows as u64 * row)?;
-            let mut g = Graph::new(&self.gpu, &self.kernels, &self.step, &self.dummy);
-            self.net.forward(
-                &mut g,
-                &self.acts,
-                &self.kv,
-                LinearKind::Mat,
-                Logits::All(&buf),
-            );
-            self.all_logits = Some((g.finish(), buf, rows));
-        }
-        let (plan, buf, rows) = self.all_logits.as_ref().expect("built above");
-        let mut i0 = first;
-        for chunk in ids[first..].chunks(*rows) {
-            self.write_step(chunk);
+        let mut pos = 0;
+        while pos < ids.len() {
+            // Tokens pos..end, of which out0..end get logits (none when out0 >= end).
+            let out0 = first.max(pos);
+            let end = ids
+                .len()
+                .min(pos + self.acts.batch)
+                .min(out0 + self.acts.max_out);
+            let chunk = &ids[pos..end];
+            let pos0 = self.slots[0].len();
+            let meta: Vec<[u32; 2]> = (0..chunk.len()).map(|t| [0, (pos0 + t) as u32]).collect();
+            let out_rows: Vec<u32> = (out0.min(end) - pos..end - pos).map(|r| r as u32).collect();
+            let splits = self.kv_splits(&meta);
+            let q = &self.gpu.queue;
+            q.write_buffer(&self.acts.tokens, 0, bytemuck::cast_slice(chunk));
+            let call = self.steps.write(q, &meta, &out_rows, splits)?;
             let mut enc = self.gpu.device.create_command_encoder(&Default::default());
-            plan.record(&mut enc, chunk.len() as u32);
+            self.plan.record(&mut enc, call);
             self.gpu.queue.submit([enc.finish()]);
-            on_logits(&self.gpu, buf, i0, chunk.len())?;
-            self.cache.extend_from_slice(chunk);
-            i0 += chunk.len();
+            self.slots[0].extend_from_slice(chunk);
+            if !out_rows.is_empty() {
+                on_logits(&self.gpu, &self.acts.logits, out0, out_rows.len())?;
+            }
+            pos = end;
         }
         Ok(())
     }
@@ -688,14 +886,13 @@ impl Model {
         let p = &opts.sampling;
         p.validate()?;
         // Reuse the cached prefix, but always run at least the last prompt token to get its logits.
-        let same = self
-            .cache
+        let same = self.slots[0]
             .iter()
             .zip(prompt)
             .take_while(|(a, b)| a == b)
             .count();
         self.truncate(same.min(prompt.len() - 1));
-        let reused = self.cache.len();
+        let reused = self.position();
         let mut rng = SeededRng::new(p.seed);
         let t0 = Instant::now();
         let mut next = self.feed_sampled(&prompt[reused..], p, rng.next_uniform())?;
@@ -709,7 +906,7 @@ impl Model {
                 finish = FinishReason::Stop;
                 break;
             }
-            if tokens.len() == opts.max_tokens || self.cache.len() >= self.kv.ctx {
+            if tokens.len() == opts.max_tokens || self.position() >= self.kv.ctx {
                 break;
             }
             next = self.feed_sampled(&[next], p, rng.next_uniform())?;

@@ -1,10 +1,12 @@
-//! A Qwen2 model from one GGUF file: hyper-parameters from `qwen2.*` metadata, weights (kept in their
-//! quantized form, repacked to the GPU layout of quant.rs), tokenizer from `tokenizer.ggml.*`, chat
-//! template from `tokenizer.chat_template`. A lone .gguf is enough to chat.
+//! A model from one GGUF file: hyper-parameters from `{arch}.*` metadata (any family of family.rs),
+//! weights (kept in their quantized form, repacked to the GPU layout of quant.rs; Llama's permuted Q/K
+//! rows put back in transformers' order), tokenizer from `tokenizer.ggml.*`, chat template from
+//! `tokenizer.chat_template`. A lone .gguf is enough to chat.
 
 use crate::chat::ChatTemplate;
 use crate::config::{GenerationConfig, ModelConfig};
 use crate::error::{Error, Result};
+use crate::family::{Family, Rope, RopeScaling};
 use crate::gguf::Gguf;
 use crate::model::WeightSource;
 use crate::quant;
@@ -18,7 +20,7 @@ pub struct GgufModel {
     pub cfg: ModelConfig,
 }
 
-/// transformers' tensor name -> GGUF's (qwen2 arch: no Q/K permutation).
+/// transformers' tensor name -> GGUF's.
 pub fn gguf_name(hf: &str) -> Option<String> {
     let fixed = [
         ("model.embed_tokens.weight", "token_embd.weight"),
@@ -38,6 +40,8 @@ pub fn gguf_name(hf: &str) -> Option<String> {
         "self_attn.k_proj" => "attn_k",
         "self_attn.v_proj" => "attn_v",
         "self_attn.o_proj" => "attn_output",
+        "self_attn.q_norm" => "attn_q_norm",
+        "self_attn.k_norm" => "attn_k_norm",
         "mlp.gate_proj" => "ffn_gate",
         "mlp.up_proj" => "ffn_up",
         "mlp.down_proj" => "ffn_down",
@@ -48,7 +52,12 @@ pub fn gguf_name(hf: &str) -> Option<String> {
 
 impl GgufModel {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = Gguf::open(path)?;
+        Self::from_gguf(Gguf::open(path)?)
+    }
+
+    /// The model of an already parsed file (e.g. [`Gguf::parse`] of bytes in memory): its
+    /// hyper-parameters are read and checked.
+    pub fn from_gguf(file: Gguf) -> Result<Self> {
         let cfg = Self::config(&file)?;
         Ok(GgufModel { file, cfg })
     }
@@ -58,20 +67,24 @@ impl GgufModel {
             .get_str("general.architecture")?
             .ok_or_else(|| f.missing("general.architecture"))?
             .to_string();
-        if arch != "qwen2" {
-            return Err(Error::format(
+        let family = Family::from_gguf(&arch).ok_or_else(|| {
+            Error::format(
                 f.path(),
-                format!("general.architecture is '{arch}'; supported: qwen2"),
-            ));
-        }
+                format!(
+                    "general.architecture is '{arch}'; supported: {}",
+                    Family::supported_gguf()
+                ),
+            )
+        })?;
+        let key = |k: &str| format!("{arch}.{k}");
         let u = |k: &str| -> Result<usize> {
-            let key = format!("qwen2.{k}");
+            let key = key(k);
             Ok(f.get_u64(&key)?.ok_or_else(|| f.missing(&key))? as usize)
         };
         let hidden = u("embedding_length")?;
         let n_heads = u("attention.head_count")?;
         let n_kv_heads = f
-            .get_u64("qwen2.attention.head_count_kv")?
+            .get_u64(&key("attention.head_count_kv"))?
             .map(|x| x as usize)
             .unwrap_or(n_heads);
         let vocab = match f.tensor("token_embd.weight") {
@@ -83,24 +96,35 @@ impl GgufModel {
                 ))
             }
         };
+        let head_dim = f
+            .get_u64(&key("attention.key_length"))?
+            .map(|x| x as usize)
+            .unwrap_or(hidden / n_heads.max(1));
+        let theta = f
+            .get_f32(&key("rope.freq_base"))?
+            .map_or(family.default_rope_theta, |x| x as f64);
+        let rope = Rope {
+            theta,
+            scaling: Self::rope_scaling(f, &arch, head_dim)?,
+        };
         let cfg = ModelConfig {
-            architecture: arch,
+            family,
+            architecture: arch.clone(),
             hidden,
             intermediate: u("feed_forward_length")?,
             n_layers: u("block_count")?,
             n_heads,
             n_kv_heads,
-            head_dim: f
-                .get_u64("qwen2.attention.key_length")?
-                .map(|x| x as usize)
-                .unwrap_or(hidden / n_heads.max(1)),
+            head_dim,
             vocab,
             rms_eps: f
-                .get_f32("qwen2.attention.layer_norm_rms_epsilon")?
+                .get_f32(&key("attention.layer_norm_rms_epsilon"))?
                 .unwrap_or(1e-6),
-            rope_theta: f.get_f32("qwen2.rope.freq_base")?.unwrap_or(10000.0) as f64,
+            qkv_bias: f.tensor("blk.0.attn_q.bias").is_some(),
+            qk_norm: family.qk_norm,
+            rope,
             max_position: f
-                .get_u64("qwen2.context_length")?
+                .get_u64(&key("context_length"))?
                 .map(|x| x as usize)
                 .unwrap_or(32768),
             tie_embeddings: f.tensor("output.weight").is_none(),
@@ -112,6 +136,54 @@ impl GgufModel {
         };
         cfg.validate().map_err(|m| Error::format(f.path(), m))?;
         Ok(cfg)
+    }
+
+    /// Llama 3 RoPE scaling as llama.cpp stores it: a `rope_freqs.weight` tensor of per-frequency
+    /// divisors (what its converter writes), or `{arch}.rope.scaling.*` metadata.
+    fn rope_scaling(f: &Gguf, arch: &str, head_dim: usize) -> Result<RopeScaling> {
+        if let Some(t) = f.tensor("rope_freqs.weight") {
+            if t.n_elements() != (head_dim / 2) as u64 {
+                return Err(Error::format(
+                    f.path(),
+                    format!(
+                        "tensor 'rope_freqs.weight' has dims {:?}, expected [{}] (head_dim / 2)",
+                        t.dims,
+                        head_dim / 2
+                    ),
+                ));
+            }
+            let mut v = vec![0f32; head_dim / 2];
+            quant::dequantize(t.ggml_type, f.tensor_data(t), &mut v);
+            if let Some(bad) = v.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+                return Err(Error::format(
+                    f.path(),
+                    format!("tensor 'rope_freqs.weight' holds {bad}; expected positive factors"),
+                ));
+            }
+            return Ok(RopeScaling::Factors(v.iter().map(|&x| x as f64).collect()));
+        }
+        let kind = f.get_str(&format!("{arch}.rope.scaling.type"))?;
+        match kind {
+            None | Some("none") => Ok(RopeScaling::None),
+            Some("llama3") => {
+                let num = |k: &str| -> Result<f64> {
+                    let key = format!("{arch}.rope.scaling.{k}");
+                    Ok(f.get_f32(&key)?.ok_or_else(|| f.missing(&key))? as f64)
+                };
+                Ok(RopeScaling::Llama3 {
+                    factor: num("factor")?,
+                    low_freq_factor: num("low_freq_factor")?,
+                    high_freq_factor: num("high_freq_factor")?,
+                    original_max_position: num("original_context_length")?,
+                })
+            }
+            Some(other) => Err(Error::format(
+                f.path(),
+                format!(
+                    "{arch}.rope.scaling.type is '{other}'; supported: none, llama3 (or a rope_freqs tensor)"
+                ),
+            )),
+        }
     }
 
     /// The tokenizer rebuilt from `tokenizer.ggml.*`, or None when the file carries no vocabulary.
@@ -137,8 +209,12 @@ impl GgufModel {
             .into_iter()
             .map(str::to_string)
             .collect();
-        let pre = f.get_str("tokenizer.ggml.pre")?.unwrap_or("default");
-        Tokenizer::from_gguf_vocab(&tokens, &types, &merges, pre).map(Some)
+        let pre = f.get_str("tokenizer.ggml.pre")?.unwrap_or("gpt2");
+        let add_bos = f.get_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(false);
+        let bos = f.get_u32("tokenizer.ggml.bos_token_id")?;
+        let t = Tokenizer::from_gguf_vocab(&tokens, &types, &merges, pre)
+            .map_err(|e| Error::format(f.path(), e.to_string()))?;
+        Ok(Some(t.with_bos_to_add(bos.filter(|_| add_bos))))
     }
 
     /// The chat template from `tokenizer.chat_template`, with bos/eos token texts.
@@ -195,12 +271,25 @@ impl WeightSource for GgufModel {
             ));
         }
         let words = quant::repack_for_gpu(t.ggml_type, f.tensor_data(t));
+        let mut data: Vec<u8> = bytemuck::cast_slice(&words).to_vec();
+        if self.cfg.family.gguf_qk_permuted {
+            let heads = if g.ends_with(".attn_q.weight") {
+                Some(self.cfg.n_heads)
+            } else if g.ends_with(".attn_k.weight") {
+                Some(self.cfg.n_kv_heads)
+            } else {
+                None
+            };
+            if let Some(h) = heads {
+                data = unpermute_rows(&data, rows, h);
+            }
+        }
         Ok(HostMatrix {
             name: g,
             format: t.ggml_type,
             rows,
             cols,
-            data: Cow::Owned(bytemuck::cast_slice(&words).to_vec()),
+            data: Cow::Owned(data),
         })
     }
 
@@ -221,6 +310,28 @@ impl WeightSource for GgufModel {
         quant::dequantize(t.ggml_type, f.tensor_data(t), &mut out);
         Ok(out)
     }
+}
+
+/// Undo llama.cpp's permutation of Q / K rows (convert_hf_to_gguf.py `permute`: within each head, the
+/// rows [a * half + b] of transformers' rotate-half layout were stored at [2b + a]): row (head h,
+/// a * half + b) of the result is row (h, 2b + a) of `data`. Rows are whole blocks, so this works on
+/// quantized data as on floats.
+pub fn unpermute_rows(data: &[u8], rows: usize, heads: usize) -> Vec<u8> {
+    let row_bytes = data.len() / rows;
+    let head_dim = rows / heads;
+    let half = head_dim / 2;
+    let mut out = vec![0u8; data.len()];
+    for h in 0..heads {
+        for a in 0..2 {
+            for b in 0..half {
+                let dst = h * head_dim + a * half + b;
+                let src = h * head_dim + 2 * b + a;
+                out[dst * row_bytes..(dst + 1) * row_bytes]
+                    .copy_from_slice(&data[src * row_bytes..(src + 1) * row_bytes]);
+            }
+        }
+    }
+    out
 }
 
 /// Every tensor's bytes, for progress reporting.

@@ -1,42 +1,87 @@
-//! GPU plumbing for the model graph: the activation buffers, the KV cache, and `Graph`, which turns the
-//! model's forward (model.rs) into a `Plan` — a list of pipelines with their bind groups, built once at
-//! load. Running a plan records every step into one command buffer and submits it once.
+//! GPU plumbing for the model graph: the per-call step buffers, the activation buffers, the KV cache, and
+//! `Graph`, which turns the model's forward (model.rs) into a `Plan` — a list of pipelines with their bind
+//! groups, built once at load. Running a plan records every step into one compute pass of one command
+//! buffer; the host submits it once.
+//!
+//! A call is a batch of tokens that may belong to several sequences: each token carries its (slot,
+//! position) in `StepBuffers::meta`, so RoPE, the KV write and attention work per token, and a call asks
+//! for the logits of any list of its token rows (`StepBuffers::out_rows`: the last token of each
+//! sequence that samples, or every scored position). One plan serves every call: each linear layer holds
+//! the variants of its kernel (one token, a block of a few, the tiled matmul) and picks one per call
+//! from its token count.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::Kernels;
+use crate::kernels::{Kernels, KvType, LinearKernel, LinearSpec};
+use crate::uniforms::{
+    ArgmaxParams, AttnParams, EmbedParams, EwParams, MatParams, NormParams, RopeParams, Step,
+    LINEAR_ACCUMULATE, LINEAR_BIAS,
+};
 use crate::weights::Matrix;
 
-/// The values that change per forward call: written into one uniform buffer before each submit.
-#[repr(C)]
-#[derive(Copy, Clone, bytemuck::Pod, bytemuck::Zeroable)]
-pub struct StepUniform {
-    pub n_tokens: u32,
-    pub pos0: u32,
-    pub _pad: [u32; 2],
+/// Which count of a call a dispatch's grid follows.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Count {
+    /// The call's tokens (embedding, the layers).
+    Tokens,
+    /// The call's outputs: the rows whose logits are wanted (final norm, LM head, argmax).
+    Outputs,
 }
 
-/// How many workgroups a step dispatches, as a function of the number of tokens in the call.
+/// What one call is: its tokens, its outputs, and the split-K attention's key ranges per (token, head).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct CallShape {
+    pub tokens: u32,
+    pub outputs: u32,
+    pub kv_splits: u32,
+}
+
+impl CallShape {
+    /// `tokens` tokens, `outputs` outputs, no split.
+    pub fn new(tokens: usize, outputs: usize) -> Self {
+        CallShape {
+            tokens: tokens as u32,
+            outputs: outputs as u32,
+            kv_splits: 1,
+        }
+    }
+
+    fn count(&self, c: Count) -> u32 {
+        match c {
+            Count::Tokens => self.tokens,
+            Count::Outputs => self.outputs,
+        }
+    }
+}
+
+/// How many workgroups a step dispatches, as a function of the call's counts.
 #[derive(Copy, Clone, Debug)]
 pub enum Grid {
     Fixed([u32; 3]),
-    /// (x, n_tokens, 1)
-    PerToken(u32),
-    /// (x, ceil(n_tokens / tile), 1)
-    TokenTiles(u32, u32),
-    /// n row groups laid out 2-D past 65535, and ceil(n_tokens / tok) on z (`None`: one token, z = 1).
-    Rows(u32, Option<u32>),
+    /// (x, count, 1)
+    PerRow(u32, Count),
+    /// (x, count, kv_splits): split-K attention.
+    PerSplit(u32, Count),
+    /// (x, count, 1) when the call splits its keys, else nothing: the split-K reduce.
+    IfSplit(u32, Count),
+    /// (x, ceil(count / tile), 1)
+    Tiles(u32, u32, Count),
+    /// n row groups laid out 2-D past 65535, and ceil(count / tok) on z.
+    Rows(u32, u32, Count),
 }
 
 impl Grid {
-    fn size(self, n_tokens: u32) -> [u32; 3] {
+    fn size(self, call: CallShape) -> [u32; 3] {
+        let count = |c: Count| call.count(c);
         match self {
             Grid::Fixed(g) => g,
-            Grid::PerToken(x) => [x, n_tokens, 1],
-            Grid::TokenTiles(x, tile) => [x, n_tokens.div_ceil(tile), 1],
-            Grid::Rows(n, tok) => {
+            Grid::PerRow(x, c) => [x, count(c), 1],
+            Grid::PerSplit(x, c) => [x, count(c), call.kv_splits.max(1)],
+            Grid::IfSplit(x, c) => [x, count(c), (call.kv_splits > 1) as u32],
+            Grid::Tiles(x, tile, c) => [x, count(c).div_ceil(tile), 1],
+            Grid::Rows(n, tok, c) => {
                 const MAX: u32 = 65535;
-                let z = tok.map_or(1, |t| n_tokens.div_ceil(t));
+                let z = count(c).div_ceil(tok);
                 if n <= MAX {
                     [n, 1, z]
                 } else {
@@ -47,19 +92,49 @@ impl Grid {
     }
 }
 
+struct Dispatch {
+    pipeline: wgpu::ComputePipeline,
+    bind_group: wgpu::BindGroup,
+    grid: Grid,
+    label: &'static str,
+}
+
+impl Dispatch {
+    fn record(&self, pass: &mut wgpu::ComputePass, call: CallShape) {
+        let [x, y, z] = self.grid.size(call);
+        if x * y * z == 0 {
+            return;
+        }
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+/// The kernel variants of one linear layer (one chunk of its matrix), chosen per call.
+struct LinearOp {
+    count: Count,
+    /// matvec, one token per workgroup: calls of a single token (decode).
+    single: Dispatch,
+    /// matvec over blocks of `Shapes::block_tokens` tokens.
+    blocks: Dispatch,
+    /// The tiled matmul, from `tiled_from` tokens on (devices that have it).
+    tiled: Option<(u32, Dispatch)>,
+}
+
+impl LinearOp {
+    fn pick(&self, n: u32) -> &Dispatch {
+        match &self.tiled {
+            _ if n <= 1 => &self.single,
+            Some((from, d)) if n >= *from => d,
+            _ => &self.blocks,
+        }
+    }
+}
+
 enum Op {
-    Dispatch {
-        pipeline: wgpu::ComputePipeline,
-        bind_group: wgpu::BindGroup,
-        grid: Grid,
-        label: &'static str,
-    },
-    /// Copy row n_tokens - 1 of `src` ([n_tokens, row_bytes / 4] f32) to the start of `dst`.
-    CopyLastRow {
-        src: wgpu::Buffer,
-        dst: wgpu::Buffer,
-        row_bytes: u64,
-    },
+    Dispatch(Dispatch),
+    Linear(LinearOp),
 }
 
 /// A recorded forward: run it with `record`.
@@ -69,73 +144,66 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Dispatches per call (every op is one dispatch, whichever variant a call picks).
     pub fn dispatches(&self) -> usize {
-        self.ops
-            .iter()
-            .filter(|o| matches!(o, Op::Dispatch { .. }))
-            .count()
+        self.ops.len()
     }
 
-    /// Record every step for a call over `n_tokens` tokens. Consecutive dispatches share one compute pass.
-    pub fn record(&self, enc: &mut wgpu::CommandEncoder, n_tokens: u32) {
-        let mut i = 0;
-        while i < self.ops.len() {
-            match &self.ops[i] {
-                Op::CopyLastRow {
-                    src,
-                    dst,
-                    row_bytes,
-                } => {
-                    enc.copy_buffer_to_buffer(
-                        src,
-                        (n_tokens as u64 - 1) * row_bytes,
-                        dst,
-                        0,
-                        *row_bytes,
-                    );
-                    i += 1;
-                }
-                Op::Dispatch { .. } => {
-                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some("forward"),
-                        timestamp_writes: None,
-                    });
-                    while let Some(Op::Dispatch {
-                        pipeline,
-                        bind_group,
-                        grid,
-                        ..
-                    }) = self.ops.get(i)
-                    {
-                        let [x, y, z] = grid.size(n_tokens);
-                        pass.set_pipeline(pipeline);
-                        pass.set_bind_group(0, bind_group, &[]);
-                        pass.dispatch_workgroups(x, y, z);
-                        i += 1;
-                    }
-                }
-            }
+    /// Record every step of a call, in one compute pass.
+    pub fn record(&self, enc: &mut wgpu::CommandEncoder, call: CallShape) {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("forward"),
+            timestamp_writes: None,
+        });
+        for op in &self.ops {
+            self.pick(op, call).record(&mut pass, call);
         }
     }
 
-    /// Labels of the dispatches, in order (for benchmarks and debugging).
-    pub fn labels(&self) -> Vec<&'static str> {
+    fn pick<'p>(&self, op: &'p Op, call: CallShape) -> &'p Dispatch {
+        match op {
+            Op::Dispatch(d) => d,
+            Op::Linear(l) => l.pick(call.count(l.count)),
+        }
+    }
+
+    /// Labels of the dispatches a call records, in order (benchmarks and debugging).
+    pub fn labels(&self, call: CallShape) -> Vec<&'static str> {
         self.ops
             .iter()
-            .filter_map(|o| match o {
-                Op::Dispatch { label, .. } => Some(*label),
-                _ => None,
-            })
+            .map(|o| self.pick(o, call))
+            .filter(|d| d.grid.size(call).iter().all(|&n| n > 0))
+            .map(|d| d.label)
             .collect()
+    }
+
+    /// Dispatches a call records (those whose grid is not empty).
+    pub fn dispatches_for(&self, call: CallShape) -> usize {
+        self.labels(call).len()
     }
 }
 
-/// Whether a linear layer runs on one token (row 0 of x, whatever the call's token count) or on every
-/// token of the call.
+/// The attention heads of a layer.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum LinearKind {
-    Vec,
-    Mat,
+pub struct Heads {
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Heads {
+    /// Width of q (n_heads * head_dim).
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+    /// Width of k, and of v.
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+    /// Width of a qkv row: q, then k, then v.
+    pub fn qkv_dim(&self) -> usize {
+        self.q_dim() + 2 * self.kv_dim()
+    }
 }
 
 /// A linear layer: y = W x (+ b).
@@ -144,46 +212,178 @@ pub struct Linear {
     pub b: Option<wgpu::Buffer>, // [out] f32
 }
 
+/// An RMSNorm weight [dim] f32 and its epsilon, for the norms fused into linear layers.
+#[derive(Copy, Clone, Debug)]
+pub struct NormWeight<'a> {
+    pub w: &'a wgpu::Buffer,
+    pub eps: f32,
+}
+
+/// How a linear layer reads and writes: x's rows (or the outputs' rows, GATHER) normalised or not, y's
+/// columns col .. of rows `stride` wide, overwritten or accumulated, or the GLU pairs.
+#[derive(Copy, Clone, Debug)]
+struct LinearOpts<'a> {
+    norm: Option<NormWeight<'a>>,
+    gather: bool,
+    glu: bool,
+    accumulate: bool,
+    col: usize,
+    stride: usize,
+    count: Count,
+}
+
+impl LinearOpts<'_> {
+    /// y = W x over every token row, y's rows the matrix's height.
+    fn new(l: &Linear) -> Self {
+        LinearOpts {
+            norm: None,
+            gather: false,
+            glu: false,
+            accumulate: false,
+            col: 0,
+            stride: l.w.rows,
+            count: Count::Tokens,
+        }
+    }
+}
+
+/// The buffers every call writes before it runs: its counts, its tokens' (slot, position), and the token
+/// rows whose logits it wants.
+pub struct StepBuffers {
+    /// `Step` with n = the call's tokens.
+    pub tokens: wgpu::Buffer,
+    /// `Step` with n = the call's outputs.
+    pub outputs: wgpu::Buffer,
+    pub meta: wgpu::Buffer, // [batch] TokenMeta: (slot, position) per token
+    pub out_rows: wgpu::Buffer, // [max_out] u32: the token row of each output
+    pub batch: usize,
+    pub max_out: usize,
+}
+
+impl StepBuffers {
+    pub fn new(gpu: &Gpu, batch: usize, max_out: usize) -> Result<Self> {
+        let zero = Step::default();
+        Ok(StepBuffers {
+            tokens: gpu.uniform_init("step.tokens", bytemuck::bytes_of(&zero)),
+            outputs: gpu.uniform_init("step.outputs", bytemuck::bytes_of(&zero)),
+            meta: gpu.storage("step.meta", (batch * 8) as u64)?,
+            out_rows: gpu.storage("step.out_rows", (max_out * 4) as u64)?,
+            batch,
+            max_out,
+        })
+    }
+
+    /// Write one call: `meta[t]` = (slot, position) of token t, `out_rows` the rows to produce logits
+    /// for, `kv_splits` the split-K attention's key ranges (1: none).
+    pub fn write(
+        &self,
+        queue: &wgpu::Queue,
+        meta: &[[u32; 2]],
+        out_rows: &[u32],
+        kv_splits: u32,
+    ) -> Result<CallShape> {
+        if meta.is_empty() || meta.len() > self.batch {
+            return Err(Error::Input(format!(
+                "a call holds 1 to {} tokens, not {}",
+                self.batch,
+                meta.len()
+            )));
+        }
+        if out_rows.len() > self.max_out {
+            return Err(Error::Input(format!(
+                "a call produces at most {} outputs, not {}",
+                self.max_out,
+                out_rows.len()
+            )));
+        }
+        if let Some(&r) = out_rows.iter().find(|&&r| r as usize >= meta.len()) {
+            return Err(Error::Input(format!(
+                "output row {r} is past the call's {} tokens",
+                meta.len()
+            )));
+        }
+        let step = |n: usize| Step {
+            n: n as u32,
+            kv_splits,
+            ..Default::default()
+        };
+        queue.write_buffer(&self.tokens, 0, bytemuck::bytes_of(&step(meta.len())));
+        queue.write_buffer(&self.outputs, 0, bytemuck::bytes_of(&step(out_rows.len())));
+        queue.write_buffer(&self.meta, 0, bytemuck::cast_slice(meta));
+        if !out_rows.is_empty() {
+            queue.write_buffer(&self.out_rows, 0, bytemuck::cast_slice(out_rows));
+        }
+        Ok(CallShape {
+            kv_splits,
+            ..CallShape::new(meta.len(), out_rows.len())
+        })
+    }
+}
+
 /// Builds a plan. Small uniform buffers with each step's fixed parameters are made here, once.
 pub struct Graph<'a> {
     pub gpu: &'a Gpu,
     pub k: &'a Kernels,
-    step: &'a wgpu::Buffer,
+    steps: &'a StepBuffers,
     dummy: &'a wgpu::Buffer,
     plan: Plan,
-}
-
-fn u32s(v: &[u32]) -> &[u8] {
-    bytemuck::cast_slice(v)
+    /// The first pipeline that could not be built (reported by `finish`).
+    error: Option<Error>,
 }
 
 impl<'a> Graph<'a> {
     pub fn new(
         gpu: &'a Gpu,
         k: &'a Kernels,
-        step: &'a wgpu::Buffer,
+        steps: &'a StepBuffers,
         dummy: &'a wgpu::Buffer,
     ) -> Self {
         Graph {
             gpu,
             k,
-            step,
+            steps,
             dummy,
             plan: Plan::default(),
+            error: None,
         }
     }
 
-    pub fn finish(self) -> Plan {
-        self.plan
+    /// The plan, or the error of the first pipeline that could not be built.
+    pub fn finish(self) -> Result<Plan> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self.plan),
+        }
     }
 
-    fn dispatch(
+    /// A pipeline from the kernels, or None with the error kept for `finish`.
+    fn pipeline(
         &mut self,
+        get: impl FnOnce(&Kernels) -> Result<wgpu::ComputePipeline>,
+    ) -> Option<wgpu::ComputePipeline> {
+        match get(self.k) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.error.get_or_insert(e);
+                None
+            }
+        }
+    }
+
+    fn step(&self, c: Count) -> &'a wgpu::Buffer {
+        match c {
+            Count::Tokens => &self.steps.tokens,
+            Count::Outputs => &self.steps.outputs,
+        }
+    }
+
+    fn make(
+        &self,
         label: &'static str,
         pipeline: &wgpu::ComputePipeline,
         buffers: &[(u32, &wgpu::Buffer)],
         grid: Grid,
-    ) {
+    ) -> Dispatch {
         let layout = pipeline.get_bind_group_layout(0);
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
@@ -200,16 +400,27 @@ impl<'a> Graph<'a> {
                 layout: &layout,
                 entries: &entries,
             });
-        self.plan.ops.push(Op::Dispatch {
+        Dispatch {
             pipeline: pipeline.clone(),
             bind_group,
             grid,
             label,
-        });
+        }
     }
 
-    fn uniform(&self, label: &str, v: &[u32]) -> wgpu::Buffer {
-        self.gpu.uniform_init(label, u32s(v))
+    fn dispatch(
+        &mut self,
+        label: &'static str,
+        pipeline: &wgpu::ComputePipeline,
+        buffers: &[(u32, &wgpu::Buffer)],
+        grid: Grid,
+    ) {
+        let d = self.make(label, pipeline, buffers, grid);
+        self.plan.ops.push(Op::Dispatch(d));
+    }
+
+    fn uniform<T: bytemuck::Pod>(&self, label: &str, v: &T) -> wgpu::Buffer {
+        self.gpu.uniform_init(label, bytemuck::bytes_of(v))
     }
 
     /// out[t, :] = table[tokens[t], :]
@@ -217,26 +428,39 @@ impl<'a> Graph<'a> {
         for c in &table.chunks {
             let p = self.uniform(
                 "embed",
-                &[table.cols as u32, c.row_start as u32, c.rows as u32, 0],
+                &EmbedParams {
+                    cols: table.cols as u32,
+                    row_start: c.row_start as u32,
+                    rows: c.rows as u32,
+                    ..Default::default()
+                },
             );
-            let grid = Grid::PerToken((table.cols as u32).div_ceil(64));
-            let pl = &self.k.embed[&table.format];
+            let grid = Grid::PerRow((table.cols as u32).div_ceil(64), Count::Tokens);
+            let Some(pl) = self.pipeline(|k| k.embed(table.format)) else {
+                return;
+            };
+            let step = self.step(Count::Tokens);
             self.dispatch(
                 "embed",
-                pl,
-                &[
-                    (0, &p),
-                    (1, self.step),
-                    (2, tokens),
-                    (3, &c.buffer),
-                    (4, out),
-                ],
+                &pl,
+                &[(0, &p), (1, step), (2, tokens), (3, &c.buffer), (4, out)],
                 grid,
             );
         }
     }
 
-    /// y = rmsnorm(x) * w for each token row; `single_row` normalises row 0 only.
+    fn norm_params(&self, cols: usize, eps: f32) -> wgpu::Buffer {
+        self.uniform(
+            "rmsnorm",
+            &NormParams {
+                cols: cols as u32,
+                eps,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// y = rmsnorm(x) * w for every token row of the call.
     pub fn rms_norm(
         &mut self,
         x: &wgpu::Buffer,
@@ -244,268 +468,478 @@ impl<'a> Graph<'a> {
         y: &wgpu::Buffer,
         cols: usize,
         eps: f32,
-        single_row: bool,
     ) {
-        let p = self.uniform("rmsnorm", &[cols as u32, eps.to_bits(), 0, 0]);
-        let grid = if single_row {
-            Grid::Fixed([1, 1, 1])
-        } else {
-            Grid::PerToken(1)
-        };
+        let p = self.norm_params(cols, eps);
         let pl = &self.k.rmsnorm.clone();
+        let step = self.step(Count::Tokens);
         self.dispatch(
             "rmsnorm",
             pl,
-            &[(0, &p), (1, self.step), (2, x), (3, w), (4, y)],
-            grid,
+            &[(0, &p), (1, step), (2, x), (3, w), (4, y)],
+            Grid::PerRow(1, Count::Tokens),
         );
     }
 
-    /// y (+)= W x + b for every token row. With `accumulate`, the product is added to y (the fused
-    /// residual connection). `Vec` is the decode form (one token); `Mat` the prefill form, which runs
-    /// the tiled matmul or, where the device's shapes say so, matvec over blocks of tokens.
-    pub fn linear(
+    /// y[o] = rmsnorm(x[out_rows[o]]) * w for each output o of the call (the final norm: only the rows
+    /// whose logits are wanted, packed).
+    pub fn rms_norm_outputs(
+        &mut self,
+        x: &wgpu::Buffer,
+        w: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        cols: usize,
+        eps: f32,
+    ) {
+        let p = self.norm_params(cols, eps);
+        let pl = &self.k.rmsnorm_gather.clone();
+        let step = self.step(Count::Outputs);
+        let rows = &self.steps.out_rows;
+        self.dispatch(
+            "rmsnorm",
+            pl,
+            &[(0, &p), (1, step), (2, x), (3, w), (4, y), (5, rows)],
+            Grid::PerRow(1, Count::Outputs),
+        );
+    }
+
+    /// y = W x + b for every token row.
+    pub fn linear(&mut self, l: &Linear, x: &wgpu::Buffer, y: &wgpu::Buffer) {
+        self.linear_op(l, x, y, &LinearOpts::new(l));
+    }
+
+    /// y += W x + b for every token row (the fused residual connection).
+    pub fn linear_residual(&mut self, l: &Linear, x: &wgpu::Buffer, y: &wgpu::Buffer) {
+        let o = LinearOpts {
+            accumulate: true,
+            ..LinearOpts::new(l)
+        };
+        self.linear_op(l, x, y, &o);
+    }
+
+    /// y[:, col .. col + out] = W rmsnorm(x) + b for every token row, y's rows `stride` wide: the norm
+    /// that feeds the layer fused into it (a layer writing its part of a wider output: q, k and v into
+    /// one qkv row).
+    pub fn linear_normed(
         &mut self,
         l: &Linear,
+        norm: NormWeight,
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
-        accumulate: bool,
-        kind: LinearKind,
+        col: usize,
+        stride: usize,
     ) {
-        let flags = l.b.is_some() as u32 | ((accumulate as u32) << 1);
+        let o = LinearOpts {
+            norm: Some(norm),
+            col,
+            stride,
+            ..LinearOpts::new(l)
+        };
+        self.linear_op(l, x, y, &o);
+    }
+
+    /// y = silu(gate) * up with gate, up = W rmsnorm(x): the MLP's first half in one dispatch, over a
+    /// matrix whose rows are (gate, up) pairs (`Matrix::upload_interleaved`); y is [n, rows / 2].
+    pub fn gate_up_normed(
+        &mut self,
+        l: &Linear,
+        norm: NormWeight,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) {
+        let o = LinearOpts {
+            norm: Some(norm),
+            glu: true,
+            stride: l.w.rows / 2,
+            ..LinearOpts::new(l)
+        };
+        self.linear_op(l, x, y, &o);
+    }
+
+    /// logits[o] = W rmsnorm(x[out_rows[o]]) for each output o of the call: the final norm and the LM
+    /// head in one dispatch per chunk of the head, over the output rows only.
+    pub fn lm_head(
+        &mut self,
+        l: &Linear,
+        norm: NormWeight,
+        x: &wgpu::Buffer,
+        logits: &wgpu::Buffer,
+    ) {
+        let o = LinearOpts {
+            norm: Some(norm),
+            gather: true,
+            count: Count::Outputs,
+            ..LinearOpts::new(l)
+        };
+        self.linear_op(l, x, logits, &o);
+    }
+
+    fn linear_op(&mut self, l: &Linear, x: &wgpu::Buffer, y: &wgpu::Buffer, o: &LinearOpts) {
+        let mut flags = 0;
+        if l.b.is_some() {
+            flags |= LINEAR_BIAS;
+        }
+        if o.accumulate {
+            flags |= LINEAR_ACCUMULATE;
+        }
         let bias = l.b.as_ref().unwrap_or(self.dummy);
         let w = &l.w;
-        let shapes = &self.k.shapes;
+        let spec = LinearSpec {
+            format: w.format,
+            format2: w.second.map_or(w.format, |s| s.format),
+            norm: o.norm.is_some(),
+            gather: o.gather,
+            glu: o.glu,
+        };
+        let (g, eps) = match o.norm {
+            Some(n) => (n.w, n.eps),
+            None => (self.dummy, 0.0),
+        };
+        let rows = if o.gather {
+            &self.steps.out_rows
+        } else {
+            self.dummy
+        };
+        let shapes = self.k.shapes.clone();
+        let step = self.step(o.count);
+        let kernels = [
+            LinearKernel::Single,
+            LinearKernel::Blocks,
+            LinearKernel::Tiled,
+        ];
+        let mut pipes = vec![];
+        for k in kernels {
+            if k == LinearKernel::Tiled && shapes.tiled_from.is_none() {
+                pipes.push(None);
+                continue;
+            }
+            match self.pipeline(|ks| ks.linear(k, spec)) {
+                Some(p) => pipes.push(Some(p)),
+                None => return,
+            }
+        }
         for c in &w.chunks {
             let p = self.uniform(
                 "linear",
-                &[
-                    c.rows as u32,
-                    w.cols as u32,
-                    c.row_start as u32,
+                &MatParams {
+                    rows: c.rows as u32,
+                    cols: w.cols as u32,
+                    row_offset: c.row_start as u32,
                     flags,
-                    w.rows as u32,
-                    0,
-                    0,
-                    0,
-                ],
+                    y_stride: o.stride as u32,
+                    y_offset: o.col as u32,
+                    split: w.second.map_or(c.rows, |s| s.row) as u32,
+                    seg_word: w.second.map_or(0, |s| s.word) as u32,
+                    eps,
+                    ..Default::default()
+                },
             );
             let bufs = [
                 (0, &p),
-                (1, self.step),
+                (1, step),
                 (2, &c.buffer),
                 (3, x),
                 (4, bias),
                 (5, y),
+                (6, g),
+                (7, rows),
             ];
-            let rows_per_wg = shapes.matvec_wg / shapes.tpr;
-            let row_groups = (c.rows as u32).div_ceil(rows_per_wg);
-            match (kind, shapes.prefill_tok) {
-                (LinearKind::Vec, _) => {
-                    let pl = &self.k.matvec[&w.format];
-                    self.dispatch("matvec", pl, &bufs, Grid::Rows(row_groups, None));
-                }
-                (LinearKind::Mat, Some(tok)) => {
-                    let pl = &self.k.matvec_tok[&w.format];
-                    self.dispatch("matvec_tok", pl, &bufs, Grid::Rows(row_groups, Some(tok)));
-                }
-                (LinearKind::Mat, None) => {
-                    let pl = &self.k.matmul[&w.format];
-                    let grid = Grid::TokenTiles((c.rows as u32).div_ceil(32), 32);
-                    self.dispatch("matmul", pl, &bufs, grid);
-                }
-            }
+            let row_groups = (c.rows as u32).div_ceil(shapes.rows_per_wg());
+            let count = o.count;
+            let make = |g: &Self, i: usize, label, grid| {
+                g.make(label, pipes[i].as_ref().expect("built"), &bufs, grid)
+            };
+            let single = make(self, 0, "matvec", Grid::Rows(row_groups, 1, count));
+            let blocks = make(
+                self,
+                1,
+                "matvec_tok",
+                Grid::Rows(row_groups, shapes.block_tokens, count),
+            );
+            let tiled = shapes.tiled_from.map(|from| {
+                let grid = Grid::Tiles((c.rows as u32).div_ceil(32), 32, count);
+                (from, make(self, 2, "matmul", grid))
+            });
+            self.plan.ops.push(Op::Linear(LinearOp {
+                count,
+                single,
+                blocks,
+                tiled,
+            }));
         }
     }
 
-    /// Rotate q in place.
-    pub fn rope_q(
-        &mut self,
-        q: &wgpu::Buffer,
-        table: &wgpu::Buffer,
-        n_heads: usize,
-        head_dim: usize,
-    ) {
-        let p = self.uniform("rope", &[n_heads as u32, head_dim as u32, 0, 0]);
-        let grid = Grid::PerToken(((n_heads * head_dim / 2) as u32).div_ceil(64));
-        let pl = &self.k.rope_q.clone();
-        self.dispatch(
-            "rope_q",
-            pl,
-            &[(0, &p), (1, self.step), (2, table), (3, q)],
-            grid,
-        );
-    }
-
-    /// Rotate k and append k, v to the layer's cache at positions pos0 ...
+    /// RoPE of every q and k head of the qkv rows (each token at its own position; each head first
+    /// normalised with `qk_norm` = (q_norm, k_norm) weights when given), with k and v written into
+    /// each token's row of its slot's region of the layer's cache. One dispatch.
     #[allow(clippy::too_many_arguments)]
-    pub fn store_kv(
+    pub fn rope_store(
         &mut self,
-        k: &wgpu::Buffer,
-        v: &wgpu::Buffer,
-        k_cache: &wgpu::Buffer,
-        v_cache: &wgpu::Buffer,
+        qkv: &wgpu::Buffer,
+        qk_norm: Option<(&wgpu::Buffer, &wgpu::Buffer)>,
+        eps: f32,
         table: &wgpu::Buffer,
-        n_kv_heads: usize,
-        head_dim: usize,
+        cache: &KvLayer,
+        heads: Heads,
     ) {
-        let p = self.uniform("store_kv", &[n_kv_heads as u32, head_dim as u32, 0, 0]);
-        let grid = Grid::PerToken(((n_kv_heads * head_dim / 2) as u32).div_ceil(64));
-        let pl = &self.k.store_kv.clone();
+        let p = self.uniform(
+            "rope",
+            &RopeParams {
+                n_heads: heads.n_heads as u32,
+                n_kv_heads: heads.n_kv_heads as u32,
+                head_dim: heads.head_dim as u32,
+                slot_rows: cache.slot_rows as u32,
+                qkv_stride: heads.qkv_dim() as u32,
+                eps,
+                ..Default::default()
+            },
+        );
+        let grid = Grid::PerRow(
+            ((heads.n_heads + heads.n_kv_heads) as u32).div_ceil(64),
+            Count::Tokens,
+        );
+        let (qn, kn) = match qk_norm {
+            Some((q, k)) => (q, k),
+            None => (self.dummy, self.dummy),
+        };
+        let kv = cache.kv_type;
+        let Some(pl) = self.pipeline(|k| k.rope_store(qk_norm.is_some(), kv)) else {
+            return;
+        };
+        let step = self.step(Count::Tokens);
+        let meta = &self.steps.meta;
         let bufs = [
             (0, &p),
-            (1, self.step),
+            (1, step),
             (2, table),
-            (3, k),
-            (4, v),
-            (5, k_cache),
-            (6, v_cache),
+            (3, meta),
+            (4, qkv),
+            (5, qn),
+            (6, kn),
+            (7, &cache.k),
+            (8, &cache.v),
         ];
-        self.dispatch("store_kv", pl, &bufs, grid);
+        self.dispatch("rope_store", &pl, &bufs, grid);
     }
 
+    /// Causal GQA attention of every token over its own sequence's cached keys and values. q is the
+    /// first n_heads * head_dim of each row of `q` (rows `q_stride` wide: the qkv buffer); out is
+    /// [n_tokens, n_heads * head_dim]. With a split-K call, the key ranges go to `part` ([split tokens,
+    /// n_heads, max splits, head_dim + 2]) and a second dispatch reduces them.
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &mut self,
         q: &wgpu::Buffer,
-        k_cache: &wgpu::Buffer,
-        v_cache: &wgpu::Buffer,
+        q_stride: usize,
+        cache: &KvLayer,
         out: &wgpu::Buffer,
-        n_heads: usize,
-        n_kv_heads: usize,
-        head_dim: usize,
+        part: &wgpu::Buffer,
+        heads: Heads,
     ) {
-        let scale = 1.0 / (head_dim as f32).sqrt();
         let p = self.uniform(
             "attention",
-            &[
-                n_heads as u32,
-                n_kv_heads as u32,
-                head_dim as u32,
-                scale.to_bits(),
-            ],
+            &AttnParams {
+                n_heads: heads.n_heads as u32,
+                n_kv_heads: heads.n_kv_heads as u32,
+                head_dim: heads.head_dim as u32,
+                scale: 1.0 / (heads.head_dim as f32).sqrt(),
+                slot_rows: cache.slot_rows as u32,
+                q_stride: q_stride as u32,
+                ..Default::default()
+            },
         );
-        let pl = &self.k.attention.clone();
+        let kv = cache.kv_type;
+        let (Some(pl), Some(reduce)) = (
+            self.pipeline(|k| k.attention(kv)),
+            self.pipeline(|k| k.attention_reduce()),
+        ) else {
+            return;
+        };
+        let step = self.step(Count::Tokens);
+        let meta = &self.steps.meta;
         let bufs = [
             (0, &p),
-            (1, self.step),
-            (2, q),
-            (3, k_cache),
-            (4, v_cache),
-            (5, out),
+            (1, step),
+            (2, meta),
+            (3, q),
+            (4, &cache.k),
+            (5, &cache.v),
+            (6, out),
+            (7, part),
         ];
-        self.dispatch("attention", pl, &bufs, Grid::PerToken(n_heads as u32));
+        let nh = heads.n_heads as u32;
+        self.dispatch("attention", &pl, &bufs, Grid::PerSplit(nh, Count::Tokens));
+        let bufs = [(0, &p), (1, step), (6, out), (7, part)];
+        self.dispatch(
+            "attention_reduce",
+            &reduce,
+            &bufs,
+            Grid::IfSplit(nh, Count::Tokens),
+        );
     }
 
     /// gate = silu(gate) * up
     pub fn silu_mul(&mut self, gate: &wgpu::Buffer, up: &wgpu::Buffer, cols: usize) {
-        let p = self.uniform("silu_mul", &[cols as u32, 0, 0, 0]);
+        let p = self.uniform(
+            "silu_mul",
+            &EwParams {
+                cols: cols as u32,
+                ..Default::default()
+            },
+        );
         let pl = &self.k.silu_mul.clone();
-        let grid = Grid::PerToken((cols as u32).div_ceil(256));
+        let grid = Grid::PerRow((cols as u32).div_ceil(256), Count::Tokens);
+        let step = self.step(Count::Tokens);
         self.dispatch(
             "silu_mul",
             pl,
-            &[(0, &p), (1, self.step), (2, gate), (3, up)],
+            &[(0, &p), (1, step), (2, gate), (3, up)],
             grid,
         );
     }
 
-    pub fn argmax(&mut self, logits: &wgpu::Buffer, n_valid: usize, out: &wgpu::Buffer) {
-        let p = self.uniform("argmax", &[n_valid as u32, 0, 0, 0]);
+    /// out[o] = argmax of logits row o (ids below n_valid), for every output of the call.
+    pub fn argmax(
+        &mut self,
+        logits: &wgpu::Buffer,
+        row_stride: usize,
+        n_valid: usize,
+        out: &wgpu::Buffer,
+    ) {
+        let p = self.uniform(
+            "argmax",
+            &ArgmaxParams {
+                n_valid: n_valid as u32,
+                row_stride: row_stride as u32,
+                ..Default::default()
+            },
+        );
         let pl = &self.k.argmax.clone();
+        let step = self.step(Count::Outputs);
         self.dispatch(
             "argmax",
             pl,
-            &[(0, &p), (1, logits), (2, out)],
-            Grid::Fixed([1, 1, 1]),
+            &[(0, &p), (1, step), (2, logits), (3, out)],
+            Grid::PerRow(1, Count::Outputs),
         );
-    }
-
-    pub fn copy_last_row(&mut self, src: &wgpu::Buffer, dst: &wgpu::Buffer, cols: usize) {
-        self.plan.ops.push(Op::CopyLastRow {
-            src: src.clone(),
-            dst: dst.clone(),
-            row_bytes: cols as u64 * 4,
-        });
     }
 }
 
-/// Activation buffers, sized for `batch` tokens per call.
+/// Activation buffers, sized for `batch` tokens and `max_out` outputs per call.
 pub struct Activations {
     pub batch: usize,
-    pub tokens: wgpu::Buffer, // [batch] u32
-    pub x: wgpu::Buffer,      // [batch, hidden] f32, the residual stream
-    pub xn: wgpu::Buffer,     // [batch, hidden] f32, normalised
-    pub q: wgpu::Buffer,      // [batch, n_heads * head_dim]
-    pub k: wgpu::Buffer,      // [batch, n_kv_heads * head_dim]
-    pub v: wgpu::Buffer,      // [batch, n_kv_heads * head_dim]
-    pub attn: wgpu::Buffer,   // [batch, n_heads * head_dim]
-    pub gate: wgpu::Buffer,   // [batch, intermediate]
-    pub up: wgpu::Buffer,     // [batch, intermediate]
-    pub last: wgpu::Buffer,   // [hidden], the last token's row
-    pub logits: wgpu::Buffer, // [vocab] f32
-    pub next: wgpu::Buffer,   // [1] u32, the argmax
+    pub max_out: usize,
+    pub tokens: wgpu::Buffer,    // [batch] u32
+    pub x: wgpu::Buffer,         // [batch, hidden] f32, the residual stream
+    pub xn: wgpu::Buffer, // [batch, hidden] f32, normalised (the final norm: [max_out, hidden])
+    pub qkv: wgpu::Buffer, // [batch, (n_heads + 2 n_kv_heads) * head_dim]: q, k, v per token
+    pub attn: wgpu::Buffer, // [batch, n_heads * head_dim]
+    pub attn_part: wgpu::Buffer, // [split_tokens, n_heads, max_splits, head_dim + 2] split-K partials
+    pub gate: wgpu::Buffer,      // [batch, intermediate]
+    pub up: wgpu::Buffer,        // [batch, intermediate]
+    pub logits: wgpu::Buffer,    // [max_out, vocab] f32
+    pub next: wgpu::Buffer,      // [max_out] u32, the argmax of each output row
 }
 
 impl Activations {
-    pub fn new(gpu: &Gpu, cfg: &crate::config::ModelConfig, batch: usize) -> Result<Self> {
+    pub fn new(
+        gpu: &Gpu,
+        cfg: &crate::config::ModelConfig,
+        batch: usize,
+        max_out: usize,
+        shapes: &crate::kernels::Shapes,
+    ) -> Result<Self> {
         let f = |label: &str, n: usize| gpu.storage(label, (n * 4) as u64);
         let qd = cfg.n_heads * cfg.head_dim;
         let kvd = cfg.n_kv_heads * cfg.head_dim;
         Ok(Activations {
             batch,
+            max_out,
             tokens: f("tokens", batch)?,
             x: f("x", batch * cfg.hidden)?,
-            xn: f("xn", batch * cfg.hidden)?,
-            q: f("q", batch * qd)?,
-            k: f("k", batch * kvd)?,
-            v: f("v", batch * kvd)?,
+            xn: f("xn", batch.max(max_out) * cfg.hidden)?,
+            qkv: f("qkv", batch * (qd + 2 * kvd))?,
             attn: f("attn", batch * qd)?,
+            attn_part: f(
+                "attn_part",
+                shapes.attn_split_tokens as usize
+                    * cfg.n_heads
+                    * shapes.attn_max_splits as usize
+                    * (cfg.head_dim + 2),
+            )?,
             gate: f("gate", batch * cfg.intermediate)?,
             up: f("up", batch * cfg.intermediate)?,
-            last: f("last", cfg.hidden)?,
-            logits: f("logits", cfg.vocab)?,
-            next: f("next", 4)?,
+            logits: f("logits", max_out * cfg.vocab)?,
+            next: f("next", max_out)?,
         })
     }
 }
 
-/// Per-layer K and V caches for the whole context, on the GPU.
+/// One layer's K and V caches: `slots` regions of `slot_rows` rows, each [n_kv_heads * head_dim] of
+/// `kv_type` (f16: two per word).
+pub struct KvLayer {
+    pub k: wgpu::Buffer, // [slots * slot_rows, n_kv_heads * head_dim] kv_type
+    pub v: wgpu::Buffer, // [slots * slot_rows, n_kv_heads * head_dim] kv_type
+    pub slot_rows: usize,
+    pub kv_type: KvType,
+}
+
+/// Per-layer K and V caches for every sequence slot's whole context, on the GPU.
 pub struct KvCache {
+    /// Context (rows) of each slot.
     pub ctx: usize,
-    pub layers: Vec<(wgpu::Buffer, wgpu::Buffer)>, // each [ctx, n_kv_heads * head_dim] f32
+    pub slots: usize,
+    pub kv_type: KvType,
+    pub layers: Vec<KvLayer>,
 }
 
 impl KvCache {
-    pub fn new(gpu: &Gpu, cfg: &crate::config::ModelConfig, ctx: usize) -> Result<Self> {
-        let bytes = (ctx * cfg.n_kv_heads * cfg.head_dim * 4) as u64;
+    pub fn new(
+        gpu: &Gpu,
+        cfg: &crate::config::ModelConfig,
+        ctx: usize,
+        slots: usize,
+        kv_type: KvType,
+    ) -> Result<Self> {
+        let bytes = Self::layer_bytes(cfg, ctx, slots, kv_type);
         let layers = (0..cfg.n_layers)
             .map(|i| {
-                Ok((
-                    gpu.storage(&format!("k_cache.{i}"), bytes)?,
-                    gpu.storage(&format!("v_cache.{i}"), bytes)?,
-                ))
+                Ok(KvLayer {
+                    k: gpu.storage(&format!("k_cache.{i}"), bytes)?,
+                    v: gpu.storage(&format!("v_cache.{i}"), bytes)?,
+                    slot_rows: ctx,
+                    kv_type,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(KvCache { ctx, layers })
+        Ok(KvCache {
+            ctx,
+            slots,
+            kv_type,
+            layers,
+        })
+    }
+
+    /// Bytes of one layer's K (or V) buffer.
+    pub fn layer_bytes(
+        cfg: &crate::config::ModelConfig,
+        ctx: usize,
+        slots: usize,
+        kv_type: KvType,
+    ) -> u64 {
+        (slots * ctx * cfg.n_kv_heads * cfg.head_dim * kv_type.bytes()) as u64
     }
 
     pub fn bytes(&self) -> u64 {
-        self.layers.iter().map(|(k, v)| k.size() + v.size()).sum()
+        self.layers.iter().map(|l| l.k.size() + l.v.size()).sum()
     }
 }
 
-/// cos / sin of every (position, frequency) pair, computed in f64: [ctx, head_dim / 2] x (cos, sin) f32.
+/// cos / sin of every (position, frequency) pair of unscaled RoPE, computed in f64: [ctx, head_dim / 2]
+/// x (cos, sin) f32. (Models use `family::Rope::table`, which applies their scaling.)
 pub fn rope_table(ctx: usize, head_dim: usize, theta: f64) -> Vec<f32> {
-    let half = head_dim / 2;
-    let mut t = Vec::with_capacity(ctx * half * 2);
-    for pos in 0..ctx {
-        for i in 0..half {
-            let inv_freq = theta.powf(-(2.0 * i as f64) / head_dim as f64);
-            let a = pos as f64 * inv_freq;
-            t.push(a.cos() as f32);
-            t.push(a.sin() as f32);
-        }
+    crate::family::Rope {
+        theta,
+        scaling: crate::family::RopeScaling::None,
     }
-    t
+    .table(ctx, head_dim)
 }

@@ -12,8 +12,10 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{DeviceCaps, Gpu};
+use crate::uniforms;
 use crate::weights::{wfmt, QuantType, FLOATS};
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 pub const EMBED: &str = include_str!("../../shaders/embed.wgsl");
 pub const RMSNORM: &str = include_str!("../../shaders/rmsnorm.wgsl");
@@ -36,12 +38,27 @@ pub enum Reduce {
     Shared,
 }
 
-/// A kernel module's full source: the kernel file, plus the reduction helper for the two that need one.
+/// What every module starts with: the structs the host shares with the kernels, the weight-format codes
+/// and the flag constants, generated from engine/src/uniforms.rs (the one place they are defined).
+pub fn prelude() -> String {
+    format!(
+        "// ---- prelude: generated from engine/src/uniforms.rs (kernels::prelude) ----\n{}{}\n{}{}\
+         // ---- end of prelude ----\n\n",
+        uniforms::wgsl_format_consts(),
+        uniforms::wgsl_flag_consts(),
+        uniforms::wgsl_meta(),
+        uniforms::wgsl_decls(),
+    )
+}
+
+/// A kernel module's full source: the prelude, the kernel file, plus the reduction helper for the two
+/// that need one.
 pub fn compose(kernel: &str, reduce: Option<Reduce>) -> String {
+    let pre = prelude();
     match reduce {
-        None => kernel.to_string(),
-        Some(Reduce::Subgroup) => format!("{kernel}\n{REDUCE_SUBGROUP}"),
-        Some(Reduce::Shared) => format!("{kernel}\n{REDUCE_SHARED}"),
+        None => format!("{pre}{kernel}"),
+        Some(Reduce::Subgroup) => format!("{pre}{kernel}\n{REDUCE_SUBGROUP}"),
+        Some(Reduce::Shared) => format!("{pre}{kernel}\n{REDUCE_SHARED}"),
     }
 }
 
@@ -94,31 +111,47 @@ pub fn all_modules() -> Vec<(String, String)> {
 }
 
 /// Kernel shapes for one device. Chosen from its capabilities; every field can be overridden for
-/// experiments (benches sweep them).
-#[derive(Clone, Debug)]
+/// experiments (the lab sweeps them).
+#[derive(Clone, Debug, PartialEq)]
 pub struct Shapes {
     pub reduce: Reduce,
     /// Threads per row in matvec (and per row in rmsnorm): the subgroup size when rows reduce with
     /// subgroup operations.
     pub tpr: u32,
-    /// matvec workgroup size.
+    /// matvec workgroup size (its rows per workgroup: matvec_wg / tpr).
     pub matvec_wg: u32,
     /// attention workgroup size (keys per tile).
     pub attn_wg: u32,
-    /// Prefill linear layers: `Some(n)` runs matvec over blocks of n tokens (no barriers: best where
-    /// barriers are costly, e.g. CPU rasterisers); `None` runs the tiled matmul.
-    pub prefill_tok: Option<u32>,
-    /// Rows per invocation of the quantized matvec (1, 2 or 4; must divide matvec_wg / tpr): each x
-    /// load then serves that many rows, and the workgroup has matvec_wg / quant_rows invocations (the
-    /// rows per workgroup, matvec_wg / tpr, are unchanged). 4 on CPU devices, where every per-lane load
-    /// is costly (lavapipe: decode about 1.5x, 8-token prefill about 2x faster than with 1); 2 elsewhere.
-    pub quant_rows: u32,
+    /// Tokens per workgroup of the matvec over blocks of tokens (at most 8): what a call of a few
+    /// tokens runs (batched decode of several sequences, short prompts), and every prefill on devices
+    /// where barriers are costly (CPU rasterisers), since each weight load then serves that many tokens.
+    pub block_tokens: u32,
+    /// From how many tokens a linear layer runs the tiled matmul instead (`None`: never, on
+    /// barrier-averse devices).
+    pub tiled_from: Option<u32>,
+    /// Rows per lane (invocation) of the matvecs (1, 2 or 4; must divide matvec_wg / tpr): each x load
+    /// then serves that many rows, and the workgroup has matvec_wg / lane_rows invocations (the rows per
+    /// workgroup are unchanged). 4 on CPU devices, where every per-lane load is costly (lavapipe:
+    /// decode about 1.5x, 8-token prefill about 2x faster than with 1); 2 elsewhere. The GLU-fused
+    /// gate/up matvec needs pairs: it uses at least 2.
+    pub lane_rows: u32,
+    /// Split-K attention: keys per split. A call of at most `attn_split_tokens` tokens whose longest
+    /// context has K keys splits each (token, head) into ceil(K / attn_split_keys) workgroups (at most
+    /// `attn_max_splits`) and reduces them, so a long context uses the whole device.
+    pub attn_split_keys: u32,
+    pub attn_max_splits: u32,
+    pub attn_split_tokens: u32,
 }
 
 impl Shapes {
     pub fn for_device(caps: &DeviceCaps) -> Self {
-        let prefill_tok = caps.cpu_device.then_some(8);
-        let quant_rows = if caps.cpu_device { 4 } else { 2 };
+        // GPUs: the tiled matmul once a call has more tokens than one block of the matvec serves.
+        let tiled_from = (!caps.cpu_device).then_some(9);
+        let lane_rows = if caps.cpu_device { 4 } else { 2 };
+        // A GPU has tens of compute units for the handful of (token, head) workgroups of a decode step:
+        // split from 512 keys. A CPU device has a few threads, which the heads already fill: split only
+        // very long contexts (it costs a reduce dispatch and the partials' traffic).
+        let attn_split_keys = if caps.cpu_device { 8192 } else { 512 };
         match caps.subgroup_size {
             Some(sg) if sg <= 64 => Shapes {
                 reduce: Reduce::Subgroup,
@@ -126,35 +159,156 @@ impl Shapes {
                 // Several rows per workgroup; at least 64 invocations.
                 matvec_wg: (sg * 8).clamp(64, 256),
                 attn_wg: 64,
-                prefill_tok,
-                quant_rows,
+                block_tokens: 8,
+                tiled_from,
+                lane_rows,
+                attn_split_keys,
+                attn_max_splits: 16,
+                attn_split_tokens: 8,
             },
             _ => Shapes {
                 reduce: Reduce::Shared,
                 tpr: 32,
                 matvec_wg: 128,
                 attn_wg: 64,
-                prefill_tok,
-                quant_rows,
+                block_tokens: 8,
+                tiled_from,
+                lane_rows,
+                attn_split_keys,
+                attn_max_splits: 16,
+                attn_split_tokens: 8,
             },
+        }
+    }
+
+    /// Rows per matvec workgroup.
+    pub fn rows_per_wg(&self) -> u32 {
+        self.matvec_wg / self.tpr
+    }
+
+    /// The row multiple on which a stacked matrix's second format must start, so that every workgroup
+    /// of every linear kernel sees one format (the tiled matmul covers 32 rows).
+    pub fn segment_align(&self) -> usize {
+        let r = self.rows_per_wg() as usize;
+        match self.tiled_from {
+            Some(_) => r * 32 / gcd(r, 32),
+            None => r,
         }
     }
 }
 
-/// All compute pipelines of the model graph.
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// The three kernels of a linear layer; a call picks one from its token count.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum LinearKernel {
+    /// matvec, one token per workgroup (decode).
+    Single,
+    /// matvec over blocks of `Shapes::block_tokens` tokens.
+    Blocks,
+    /// The tiled matmul.
+    Tiled,
+}
+
+/// What a linear layer's pipeline is specialised for: its weight format(s) and fusions (the kernels'
+/// override constants).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LinearSpec {
+    pub format: QuantType,
+    /// The format of the rows from the stacked matrix's split on (`format` when there is one).
+    pub format2: QuantType,
+    /// RMSNorm of x fused in (NORM).
+    pub norm: bool,
+    /// x's rows are the call's output rows (GATHER).
+    pub gather: bool,
+    /// (gate, up) row pairs, SiLU-gated output (GLU).
+    pub glu: bool,
+}
+
+impl LinearSpec {
+    /// A plain linear layer over one format.
+    pub fn plain(format: QuantType) -> Self {
+        LinearSpec {
+            format,
+            format2: format,
+            norm: false,
+            gather: false,
+            glu: false,
+        }
+    }
+}
+
+/// Element format of the KV cache.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum KvType {
+    F32,
+    /// Half the memory; needs no device feature (pack2x16float), but is the default only where the
+    /// device has SHADER_F16.
+    F16,
+}
+
+impl KvType {
+    pub fn bytes(self) -> usize {
+        match self {
+            KvType::F32 => 4,
+            KvType::F16 => 2,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            KvType::F32 => "f32",
+            KvType::F16 => "f16",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Some(KvType::F32),
+            "f16" => Some(KvType::F16),
+            _ => None,
+        }
+    }
+    fn code(self) -> f64 {
+        match self {
+            KvType::F32 => uniforms::KV_F32 as f64,
+            KvType::F16 => uniforms::KV_F16 as f64,
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+enum PipelineKey {
+    Linear(LinearKernel, LinearSpec),
+    Embed(QuantType),
+    RopeStore { qk_norm: bool, kv: KvType },
+    Attention(KvType),
+    AttentionReduce,
+}
+
+struct Modules {
+    embed: wgpu::ShaderModule,
+    matvec: wgpu::ShaderModule,
+    matvec_quant: wgpu::ShaderModule,
+    matmul: wgpu::ShaderModule,
+    rope: wgpu::ShaderModule,
+    attention: wgpu::ShaderModule,
+}
+
+/// The compute pipelines of the model graph. The small fixed kernels are built at once; the linear
+/// layers' and the embedding's, one per weight format and fusion, when the graph first asks for them.
 pub struct Kernels {
     pub shapes: Shapes,
-    /// One pipeline per weight format (`WFMT` specialisation).
-    pub embed: HashMap<QuantType, wgpu::ComputePipeline>,
-    /// matvec with TOK = 1 (decode).
-    pub matvec: HashMap<QuantType, wgpu::ComputePipeline>,
-    /// matvec with TOK = shapes.prefill_tok (prefill on barrier-averse devices).
-    pub matvec_tok: HashMap<QuantType, wgpu::ComputePipeline>,
-    pub matmul: HashMap<QuantType, wgpu::ComputePipeline>,
+    gpu_device: wgpu::Device,
+    modules: Modules,
+    cache: Mutex<HashMap<PipelineKey, wgpu::ComputePipeline>>,
     pub rmsnorm: wgpu::ComputePipeline,
-    pub rope_q: wgpu::ComputePipeline,
-    pub store_kv: wgpu::ComputePipeline,
-    pub attention: wgpu::ComputePipeline,
+    /// rmsnorm of the call's output rows (the final norm where it is not fused), packed by output.
+    pub rmsnorm_gather: wgpu::ComputePipeline,
     pub silu_mul: wgpu::ComputePipeline,
     pub argmax: wgpu::ComputePipeline,
 }
@@ -168,99 +322,69 @@ fn module(gpu: &Gpu, label: &str, src: &str) -> wgpu::ShaderModule {
 }
 
 fn pipeline(
-    gpu: &Gpu,
+    device: &wgpu::Device,
     m: &wgpu::ShaderModule,
     entry: &str,
     constants: &[(&str, f64)],
 ) -> wgpu::ComputePipeline {
-    gpu.device
-        .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(entry),
-            layout: None,
-            module: m,
-            entry_point: Some(entry),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants,
-                // Every kernel writes its workgroup memory before reading it.
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        })
-}
-
-/// One pipeline per format in `formats`, specialised with WFMT and the shared `constants`.
-fn per_format(
-    gpu: &Gpu,
-    m: &wgpu::ShaderModule,
-    entry: &str,
-    formats: &[QuantType],
-    constants: &[(&str, f64)],
-) -> HashMap<QuantType, wgpu::ComputePipeline> {
-    formats
-        .iter()
-        .map(|&f| {
-            let mut c = constants.to_vec();
-            c.push(("WFMT", wfmt(f) as f64));
-            (f, pipeline(gpu, m, entry, &c))
-        })
-        .collect()
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(entry),
+        layout: None,
+        module: m,
+        entry_point: Some(entry),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants,
+            // Every kernel writes its workgroup memory before reading it.
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    })
 }
 
 impl Kernels {
     pub fn new(gpu: &Gpu, shapes: Shapes) -> Result<Self> {
-        let rows_per_wg = shapes.matvec_wg / shapes.tpr;
-        if ![1, 2, 4].contains(&shapes.quant_rows) || !rows_per_wg.is_multiple_of(shapes.quant_rows)
+        let rows_per_wg = shapes.rows_per_wg();
+        if !(1..=8).contains(&shapes.block_tokens) {
+            return Err(Error::Gpu(format!(
+                "block_tokens {} must be 1..=8",
+                shapes.block_tokens
+            )));
+        }
+        if ![1, 2, 4].contains(&shapes.lane_rows)
+            || !rows_per_wg.is_multiple_of(shapes.lane_rows.max(2))
         {
             return Err(Error::Gpu(format!(
-                "quant_rows {} must be 1, 2 or 4 and divide the {rows_per_wg} rows of a matvec workgroup",
-                shapes.quant_rows
+                "lane_rows {} must be 1, 2 or 4 and, as 2 for the gate/up pairs, divide the \
+                 {rows_per_wg} rows of a matvec workgroup",
+                shapes.lane_rows
             )));
         }
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let reduce = Some(shapes.reduce);
-        let embed_m = module(gpu, "embed", &compose_dequant(EMBED, None));
-        let matvec_m = module(gpu, "matvec", &compose(MATVEC, reduce));
-        let matvec_q_m = module(gpu, "matvec_quant", &compose_dequant(MATVEC_QUANT, reduce));
-        let matmul_m = module(gpu, "matmul", &compose_dequant(MATMUL, None));
+        let modules = Modules {
+            embed: module(gpu, "embed", &compose_dequant(EMBED, None)),
+            matvec: module(gpu, "matvec", &compose(MATVEC, reduce)),
+            matvec_quant: module(gpu, "matvec_quant", &compose_dequant(MATVEC_QUANT, reduce)),
+            matmul: module(gpu, "matmul", &compose_dequant(MATMUL, None)),
+            rope: module(gpu, "rope", &compose(ROPE, None)),
+            attention: module(gpu, "attention", &compose(ATTENTION, None)),
+        };
         let norm_m = module(gpu, "rmsnorm", &compose(RMSNORM, reduce));
-        let rope_m = module(gpu, "rope", ROPE);
-        let attn_m = module(gpu, "attention", ATTENTION);
-        let ew_m = module(gpu, "elementwise", ELEMENTWISE);
-        let argmax_m = module(gpu, "argmax", ARGMAX);
-        let tpr = shapes.tpr as f64;
+        let ew_m = module(gpu, "elementwise", &compose(ELEMENTWISE, None));
+        let argmax_m = module(gpu, "argmax", &compose(ARGMAX, None));
         let norm_tpr = match shapes.reduce {
-            Reduce::Subgroup => tpr,
+            Reduce::Subgroup => shapes.tpr as f64,
             Reduce::Shared => 64.0,
         };
-        let mv = [("WG", shapes.matvec_wg as f64), ("TPR", tpr), ("TOK", 1.0)];
-        let mv_tok = [
-            ("WG", shapes.matvec_wg as f64),
-            ("TPR", tpr),
-            ("TOK", shapes.prefill_tok.unwrap_or(1) as f64),
-        ];
-        let quants = quant_formats();
-        // Float formats from matvec.wgsl, quantized ones from matvec_quant.wgsl, in one map.
-        let matvecs = |c: &[(&str, f64)]| {
-            let mut m = per_format(gpu, &matvec_m, "matvec", &FLOATS, c);
-            let mut cq = c.to_vec();
-            cq.push(("RPI", shapes.quant_rows as f64));
-            m.extend(per_format(gpu, &matvec_q_m, "matvec_quant", &quants, &cq));
-            m
-        };
+        let d = &gpu.device;
         let k = Kernels {
-            embed: per_format(gpu, &embed_m, "embed", &QuantType::ALL, &[]),
-            matvec: matvecs(&mv),
-            matvec_tok: match shapes.prefill_tok {
-                Some(_) => matvecs(&mv_tok),
-                None => HashMap::new(),
-            },
-            matmul: per_format(gpu, &matmul_m, "matmul", &QuantType::ALL, &[]),
-            rmsnorm: pipeline(gpu, &norm_m, "rmsnorm", &[("TPR", norm_tpr)]),
-            rope_q: pipeline(gpu, &rope_m, "rope_q", &[]),
-            store_kv: pipeline(gpu, &rope_m, "store_kv", &[]),
-            attention: pipeline(gpu, &attn_m, "attention", &[("WG", shapes.attn_wg as f64)]),
-            silu_mul: pipeline(gpu, &ew_m, "silu_mul", &[]),
-            argmax: pipeline(gpu, &argmax_m, "argmax", &[]),
+            gpu_device: gpu.device.clone(),
+            modules,
+            cache: Mutex::new(HashMap::new()),
+            rmsnorm: pipeline(d, &norm_m, "rmsnorm", &[("TPR", norm_tpr)]),
+            rmsnorm_gather: pipeline(d, &norm_m, "rmsnorm_gather", &[("TPR", norm_tpr)]),
+            silu_mul: pipeline(d, &ew_m, "silu_mul", &[]),
+            argmax: pipeline(d, &argmax_m, "argmax", &[]),
             shapes,
         };
         if let Some(e) = pollster::block_on(scope.pop()) {
@@ -273,8 +397,112 @@ impl Kernels {
 
     /// Whether every kernel a weight matrix needs exists for `format`.
     pub fn supports(&self, format: QuantType) -> bool {
-        self.matvec.contains_key(&format)
-            && self.matmul.contains_key(&format)
-            && self.embed.contains_key(&format)
+        QuantType::ALL.contains(&format)
+    }
+
+    /// The pipeline of one linear kernel for `spec` (built on first use).
+    pub fn linear(&self, kernel: LinearKernel, spec: LinearSpec) -> Result<wgpu::ComputePipeline> {
+        self.get(PipelineKey::Linear(kernel, spec))
+    }
+
+    /// The embedding lookup for a table of `format` (built on first use).
+    pub fn embed(&self, format: QuantType) -> Result<wgpu::ComputePipeline> {
+        self.get(PipelineKey::Embed(format))
+    }
+
+    /// RoPE with the KV-cache write for a cache of `kv` elements (with the per-head q/k norm).
+    pub fn rope_store(&self, qk_norm: bool, kv: KvType) -> Result<wgpu::ComputePipeline> {
+        self.get(PipelineKey::RopeStore { qk_norm, kv })
+    }
+
+    /// Attention over a cache of `kv` elements, and the split-K reduce.
+    pub fn attention(&self, kv: KvType) -> Result<wgpu::ComputePipeline> {
+        self.get(PipelineKey::Attention(kv))
+    }
+    pub fn attention_reduce(&self) -> Result<wgpu::ComputePipeline> {
+        self.get(PipelineKey::AttentionReduce)
+    }
+
+    fn get(&self, key: PipelineKey) -> Result<wgpu::ComputePipeline> {
+        if let Some(p) = self.cache.lock().expect("pipeline cache").get(&key) {
+            return Ok(p.clone());
+        }
+        let scope = self
+            .gpu_device
+            .push_error_scope(wgpu::ErrorFilter::Validation);
+        let p = self.build(key);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!(
+                "building the {key:?} pipeline failed: {e}"
+            )));
+        }
+        self.cache
+            .lock()
+            .expect("pipeline cache")
+            .insert(key, p.clone());
+        Ok(p)
+    }
+
+    fn build(&self, key: PipelineKey) -> wgpu::ComputePipeline {
+        let d = &self.gpu_device;
+        let m = &self.modules;
+        let sh = &self.shapes;
+        match key {
+            PipelineKey::Embed(f) => pipeline(d, &m.embed, "embed", &[("WFMT", wfmt(f) as f64)]),
+            PipelineKey::RopeStore { qk_norm, kv } => {
+                let norm = if qk_norm { 1.0 } else { 0.0 };
+                pipeline(
+                    d,
+                    &m.rope,
+                    "rope_store",
+                    &[("QK_NORM", norm), ("KVF", kv.code())],
+                )
+            }
+            PipelineKey::Attention(kv) => pipeline(
+                d,
+                &m.attention,
+                "attention",
+                &[("WG", sh.attn_wg as f64), ("KVF", kv.code())],
+            ),
+            PipelineKey::AttentionReduce => pipeline(
+                d,
+                &m.attention,
+                "attention_reduce",
+                &[("WG", sh.attn_wg as f64)],
+            ),
+            PipelineKey::Linear(kernel, s) => {
+                let flag = |b: bool| if b { 1.0 } else { 0.0 };
+                let mut c: Vec<(&str, f64)> = vec![
+                    ("WFMT", wfmt(s.format) as f64),
+                    ("WFMT2", wfmt(s.format2) as f64),
+                    ("NORM", flag(s.norm)),
+                    ("GATHER", flag(s.gather)),
+                    ("GLU", flag(s.glu)),
+                ];
+                if kernel == LinearKernel::Tiled {
+                    return pipeline(d, &m.matmul, "matmul", &c);
+                }
+                let tok = match kernel {
+                    LinearKernel::Single => 1,
+                    _ => sh.block_tokens,
+                };
+                let rpi = if s.glu {
+                    sh.lane_rows.max(2)
+                } else {
+                    sh.lane_rows
+                };
+                c.extend([
+                    ("WG", sh.matvec_wg as f64),
+                    ("TPR", sh.tpr as f64),
+                    ("TOK", tok as f64),
+                    ("RPI", rpi as f64),
+                ]);
+                if FLOATS.contains(&s.format) {
+                    pipeline(d, &m.matvec, "matvec", &c)
+                } else {
+                    pipeline(d, &m.matvec_quant, "matvec_quant", &c)
+                }
+            }
+        }
     }
 }

@@ -27,6 +27,7 @@ pub mod chat;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod family;
 pub mod gguf;
 pub mod gguf_loader;
 pub mod gpu;
@@ -42,6 +43,7 @@ pub mod safetensors_loader;
 pub mod sampler;
 pub mod stop;
 pub mod tokenizer;
+pub mod uniforms;
 pub mod weights;
 
 pub use engine::{FinishReason, Flow, GenerateOptions, Generation, LoadOptions, Model};

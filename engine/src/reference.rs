@@ -83,12 +83,28 @@ pub fn linear(
 
 /// NeoX RoPE in place on x [n_tokens, n_heads * head_dim], token t at position pos0 + t.
 pub fn rope(x: &mut [f32], n_heads: usize, head_dim: usize, pos0: usize, theta: f64) {
+    let plain = crate::family::Rope {
+        theta,
+        scaling: crate::family::RopeScaling::None,
+    };
+    rope_with(x, n_heads, head_dim, pos0, &plain);
+}
+
+/// RoPE with a model's frequencies (its scaling included).
+pub fn rope_with(
+    x: &mut [f32],
+    n_heads: usize,
+    head_dim: usize,
+    pos0: usize,
+    rope: &crate::family::Rope,
+) {
     let half = head_dim / 2;
+    let inv = rope.inv_freq(head_dim);
     for (t, row) in x.chunks_mut(n_heads * head_dim).enumerate() {
         let pos = (pos0 + t) as f64;
         for h in 0..n_heads {
-            for i in 0..half {
-                let a = pos * theta.powf(-(2.0 * i as f64) / head_dim as f64);
+            for (i, f) in inv.iter().enumerate() {
+                let a = pos * f;
                 let (s, c) = a.sin_cos();
                 let (i0, i1) = (h * head_dim + i, h * head_dim + i + half);
                 let (x0, x1) = (row[i0] as f64, row[i1] as f64);
@@ -96,6 +112,15 @@ pub fn rope(x: &mut [f32], n_heads: usize, head_dim: usize, pos0: usize, theta: 
                 row[i1] = (x1 * c + x0 * s) as f32;
             }
         }
+    }
+}
+
+/// Per-head RMSNorm (Qwen3's q_norm / k_norm): each head_dim slice of x becomes w * x / sqrt(mean(x^2) +
+/// eps), in f32.
+pub fn head_rms_norm(x: &mut [f32], head_dim: usize, w: &[f32], eps: f32) {
+    for head in x.chunks_mut(head_dim) {
+        let normed = rms_norm(head, w, eps);
+        head.copy_from_slice(&normed);
     }
 }
 

@@ -16,8 +16,24 @@ struct Entry {
     end: usize,
 }
 
+/// The bytes of one shard: memory-mapped by [`SafetensorsWeights::open`], owned by
+/// [`SafetensorsWeights::from_bytes`].
+enum Storage {
+    Mmap(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Storage {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Mmap(m) => m,
+            Storage::Owned(v) => v,
+        }
+    }
+}
+
 pub struct SafetensorsWeights {
-    files: Vec<(PathBuf, Mmap)>,
+    files: Vec<(PathBuf, Storage)>,
     index: HashMap<String, Entry>,
 }
 
@@ -54,34 +70,53 @@ impl SafetensorsWeights {
                 "no weights: expected model.safetensors or model.safetensors.index.json",
             ));
         };
-        let mut files = Vec::new();
-        let mut index = HashMap::new();
-        for (i, path) in shard_paths.into_iter().enumerate() {
+        let mut weights = SafetensorsWeights {
+            files: Vec::new(),
+            index: HashMap::new(),
+        };
+        for path in shard_paths {
             let mmap = map(&path)?;
-            let (header_len, meta) =
-                safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| {
-                    Error::format(
-                        &path,
-                        format!("not a valid safetensors file ({e}); truncated or corrupt?"),
-                    )
-                })?;
-            let base = 8 + header_len;
-            for (name, info) in meta.tensors() {
-                let (s, e) = info.data_offsets;
-                index.insert(
-                    name,
-                    Entry {
-                        file: i,
-                        dtype: info.dtype,
-                        shape: info.shape.clone(),
-                        start: base + s,
-                        end: base + e,
-                    },
-                );
-            }
-            files.push((path, mmap));
+            weights.add_shard(path, Storage::Mmap(mmap))?;
         }
-        Ok(SafetensorsWeights { files, index })
+        Ok(weights)
+    }
+
+    /// One safetensors file held in memory; `origin` names it in errors.
+    pub fn from_bytes(bytes: Vec<u8>, origin: &Path) -> Result<Self> {
+        let mut weights = SafetensorsWeights {
+            files: Vec::new(),
+            index: HashMap::new(),
+        };
+        weights.add_shard(origin.to_path_buf(), Storage::Owned(bytes))?;
+        Ok(weights)
+    }
+
+    /// Validate a shard's header and index its tensors.
+    fn add_shard(&mut self, path: PathBuf, data: Storage) -> Result<()> {
+        let (header_len, meta) =
+            safetensors::SafeTensors::read_metadata(data.bytes()).map_err(|e| {
+                Error::format(
+                    &path,
+                    format!("not a valid safetensors file ({e}); truncated or corrupt?"),
+                )
+            })?;
+        let base = 8 + header_len;
+        let file = self.files.len();
+        for (name, info) in meta.tensors() {
+            let (s, e) = info.data_offsets;
+            self.index.insert(
+                name,
+                Entry {
+                    file,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    start: base + s,
+                    end: base + e,
+                },
+            );
+        }
+        self.files.push((path, data));
+        Ok(())
     }
 
     pub fn has(&self, name: &str) -> bool {
@@ -109,7 +144,7 @@ impl SafetensorsWeights {
     }
 
     fn bytes(&self, e: &Entry) -> &[u8] {
-        &self.files[e.file].1[e.start..e.end]
+        &self.files[e.file].1.bytes()[e.start..e.end]
     }
 
     /// A [rows, cols] matrix in its stored float format (bf16, f16 or f32), borrowed from the map.

@@ -24,6 +24,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
+use crate::uniforms::{SampleParams, SAMPLE_GREEDY, SAMPLE_TOP_P};
 
 /// How the next token is chosen.
 #[derive(Clone, Debug, PartialEq)]
@@ -272,25 +273,6 @@ pub fn reference_sample(
     last
 }
 
-/// The kernel's parameters (shaders/sample.wgsl, SampleParams).
-#[repr(C)]
-#[derive(Copy, Clone, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-struct SampleUniform {
-    n_valid: u32,
-    n_window: u32,
-    top_k: u32,
-    flags: u32,
-    temperature: f32,
-    top_p: f32,
-    min_p: f32,
-    penalty: f32,
-    u: f32,
-    _pad: [u32; 3],
-}
-
-const FLAG_GREEDY: u32 = 1;
-const FLAG_TOP_P: u32 = 2;
-
 /// What the kernel writes to [`GpuSampler::output`]: [`OUTPUT_WORDS`] u32.
 /// 0: the chosen id; 1: the kept count; 2: the kept mass as f32 bits (sum of exp(score - max) over the
 /// kept set); 3: the threshold key; 4: the length of the kernel's short candidate list (0 when the
@@ -326,33 +308,66 @@ impl SampleOutput {
     }
 }
 
-/// GPU sampler bound to one logits buffer; built once, reused every token (no per-token allocation).
+/// One row to sample: its parameters, its penalty window ([`penalty_window`]; duplicates are harmless)
+/// and its uniform draw in [0, 1).
+#[derive(Clone, Copy, Debug)]
+pub struct SampleRow<'a> {
+    pub params: &'a SamplingParams,
+    pub window: &'a [u32],
+    pub u: f32,
+}
+
+/// GPU sampler bound to one logits buffer of up to `max_rows` rows; built once, reused every call (no
+/// per-call allocation). Each row is sampled by its own workgroup with its own parameters.
 pub struct GpuSampler {
     pipeline: wgpu::ComputePipeline,
     bind_group: wgpu::BindGroup,
     params: wgpu::Buffer,
     window: wgpu::Buffer,
-    /// Scratch: the key of every id's score ([ceil(n_valid / 4)] vec4<u32>).
+    /// Scratch: the key of every id's score ([max_rows, ceil(n_valid / 4)] vec4<u32>).
     _keys: wgpu::Buffer,
     out: wgpu::Buffer,
     n_valid: usize,
+    row_stride: usize,
+    max_rows: usize,
     max_window: usize,
 }
 
 impl GpuSampler {
-    /// `logits` holds at least `n_valid` f32; ids >= n_valid are never chosen. `max_window` bounds the
-    /// penalty window `prepare` accepts.
+    /// One row: `logits` holds at least `n_valid` f32; ids >= n_valid are never chosen. `max_window`
+    /// bounds the penalty window `prepare` accepts.
     pub fn new(
         gpu: &Gpu,
         logits: &wgpu::Buffer,
         n_valid: usize,
         max_window: usize,
     ) -> Result<Self> {
-        Self::with_source(gpu, logits, n_valid, max_window, crate::kernels::SAMPLE)
+        Self::with_rows(gpu, logits, n_valid, n_valid, 1, max_window)
     }
 
-    /// [`GpuSampler::new`] with another version of shaders/sample.wgsl (same bindings): for
-    /// benchmarking kernel variants side by side.
+    /// `max_rows` rows of `row_stride` f32 in `logits`; `max_window` bounds the penalty window of all the
+    /// rows of a call together.
+    pub fn with_rows(
+        gpu: &Gpu,
+        logits: &wgpu::Buffer,
+        row_stride: usize,
+        n_valid: usize,
+        max_rows: usize,
+        max_window: usize,
+    ) -> Result<Self> {
+        Self::build(
+            gpu,
+            logits,
+            row_stride,
+            n_valid,
+            max_rows,
+            max_window,
+            crate::kernels::SAMPLE,
+        )
+    }
+
+    /// [`GpuSampler::new`] with another version of shaders/sample.wgsl (same bindings; the prelude is
+    /// added): for benchmarking kernel variants side by side.
     #[doc(hidden)]
     pub fn with_source(
         gpu: &Gpu,
@@ -361,9 +376,23 @@ impl GpuSampler {
         max_window: usize,
         wgsl: &str,
     ) -> Result<Self> {
-        if n_valid == 0 || n_valid as u64 * 4 > logits.size() {
+        Self::build(gpu, logits, n_valid, n_valid, 1, max_window, wgsl)
+    }
+
+    fn build(
+        gpu: &Gpu,
+        logits: &wgpu::Buffer,
+        row_stride: usize,
+        n_valid: usize,
+        max_rows: usize,
+        max_window: usize,
+        wgsl: &str,
+    ) -> Result<Self> {
+        let need = ((max_rows.max(1) - 1) * row_stride + n_valid) as u64 * 4;
+        if n_valid == 0 || n_valid > row_stride || need > logits.size() {
             return Err(Error::Gpu(format!(
-                "sampler: n_valid {n_valid} does not fit the logits buffer of {} f32",
+                "sampler: {max_rows} row(s) of {n_valid} ids (stride {row_stride}) do not fit the \
+                 logits buffer of {} f32",
                 logits.size() / 4
             )));
         }
@@ -373,12 +402,14 @@ impl GpuSampler {
                 "sampler: vocabulary of {n_valid} ids, at most 2^24 - 1 supported"
             )));
         }
+        let max_rows = max_rows.max(1);
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let src = crate::kernels::compose(wgsl, None);
         let module = gpu
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some("sample"),
-                source: wgpu::ShaderSource::Wgsl(wgsl.into()),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
             });
         let pipeline = gpu
             .device
@@ -394,13 +425,13 @@ impl GpuSampler {
                 },
                 cache: None,
             });
-        let params = gpu.uniform_init(
+        let params = gpu.storage(
             "sample.params",
-            bytemuck::bytes_of(&<SampleUniform as bytemuck::Zeroable>::zeroed()),
-        );
+            (max_rows * std::mem::size_of::<SampleParams>()) as u64,
+        )?;
         let window = gpu.storage("sample.window", max_window.max(1) as u64 * 4)?;
-        let keys = gpu.storage("sample.keys", n_valid.div_ceil(4) as u64 * 16)?;
-        let out = gpu.storage("sample.out", OUTPUT_WORDS as u64 * 4)?;
+        let keys = gpu.storage("sample.keys", (max_rows * n_valid.div_ceil(4)) as u64 * 16)?;
+        let out = gpu.storage("sample.out", (max_rows * OUTPUT_WORDS) as u64 * 4)?;
         let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("sample"),
             layout: &pipeline.get_bind_group_layout(0),
@@ -429,12 +460,13 @@ impl GpuSampler {
             _keys: keys,
             out,
             n_valid,
+            row_stride,
+            max_rows,
             max_window,
         })
     }
 
-    /// Write this step's parameters, window ids and uniform draw (queue writes only). `window` is the
-    /// penalty window ([`penalty_window`]; duplicates are harmless), `u` in [0, 1).
+    /// Write one row's parameters, window ids and uniform draw (queue writes only).
     pub fn prepare(
         &self,
         queue: &wgpu::Queue,
@@ -442,58 +474,107 @@ impl GpuSampler {
         window: &[u32],
         u: f32,
     ) -> Result<()> {
-        p.validate()?;
-        if !(0.0..1.0).contains(&u) {
-            return Err(Error::Input(format!("sampling: u = {u}, expected [0, 1)")));
-        }
-        let penalised = p.repetition_penalty != 1.0 && !window.is_empty();
-        if penalised && window.len() > self.max_window {
+        self.prepare_rows(
+            queue,
+            &[SampleRow {
+                params: p,
+                window,
+                u,
+            }],
+        )
+    }
+
+    /// Write the parameters, windows and draws of rows 0 .. rows.len() (queue writes only).
+    pub fn prepare_rows(&self, queue: &wgpu::Queue, rows: &[SampleRow]) -> Result<()> {
+        if rows.len() > self.max_rows {
             return Err(Error::Input(format!(
-                "sampling: penalty window of {} ids, the sampler was built for {}",
-                window.len(),
+                "sampling: {} rows, the sampler was built for {}",
+                rows.len(),
+                self.max_rows
+            )));
+        }
+        let mut uni = Vec::with_capacity(rows.len());
+        let mut windows: Vec<u32> = Vec::new();
+        for r in rows {
+            let p = r.params;
+            p.validate()?;
+            if !(0.0..1.0).contains(&r.u) {
+                return Err(Error::Input(format!(
+                    "sampling: u = {}, expected [0, 1)",
+                    r.u
+                )));
+            }
+            let penalised = p.repetition_penalty != 1.0 && !r.window.is_empty();
+            let greedy = p.is_greedy();
+            let top_k = if p.top_k >= self.n_valid { 0 } else { p.top_k };
+            let top_p = !greedy && p.top_p < 1.0;
+            let mut flags = 0;
+            if greedy {
+                flags |= SAMPLE_GREEDY;
+            }
+            if top_p {
+                flags |= SAMPLE_TOP_P;
+            }
+            uni.push(SampleParams {
+                n_valid: self.n_valid as u32,
+                n_window: if penalised { r.window.len() as u32 } else { 0 },
+                top_k: if greedy { 0 } else { top_k as u32 },
+                flags,
+                temperature: if greedy { 1.0 } else { p.temperature },
+                top_p: p.top_p,
+                min_p: if greedy { 0.0 } else { p.min_p },
+                penalty: p.repetition_penalty,
+                u: r.u,
+                window_off: windows.len() as u32,
+                row_stride: self.row_stride as u32,
+                ..Default::default()
+            });
+            if penalised {
+                windows.extend_from_slice(r.window);
+            }
+        }
+        if windows.len() > self.max_window {
+            return Err(Error::Input(format!(
+                "sampling: penalty windows of {} ids in all, the sampler was built for {}",
+                windows.len(),
                 self.max_window
             )));
         }
-        let greedy = p.is_greedy();
-        let top_k = if p.top_k >= self.n_valid { 0 } else { p.top_k };
-        let top_p = !greedy && p.top_p < 1.0;
-        let uni = SampleUniform {
-            n_valid: self.n_valid as u32,
-            n_window: if penalised { window.len() as u32 } else { 0 },
-            top_k: if greedy { 0 } else { top_k as u32 },
-            flags: if greedy { FLAG_GREEDY } else { 0 } | if top_p { FLAG_TOP_P } else { 0 },
-            temperature: if greedy { 1.0 } else { p.temperature },
-            top_p: p.top_p,
-            min_p: if greedy { 0.0 } else { p.min_p },
-            penalty: p.repetition_penalty,
-            u,
-            _pad: [0; 3],
-        };
-        queue.write_buffer(&self.params, 0, bytemuck::bytes_of(&uni));
-        if penalised {
-            queue.write_buffer(&self.window, 0, bytemuck::cast_slice(window));
+        queue.write_buffer(&self.params, 0, bytemuck::cast_slice(&uni));
+        if !windows.is_empty() {
+            queue.write_buffer(&self.window, 0, bytemuck::cast_slice(&windows));
         }
         Ok(())
     }
 
-    /// Record the sampling dispatch (into an encoder, after the forward pass that filled the logits).
+    /// Record the sampling dispatch of one row (into an encoder, after the forward pass that filled
+    /// the logits).
     pub fn record(&self, enc: &mut wgpu::CommandEncoder) {
+        self.record_rows(enc, 1);
+    }
+
+    /// Record the sampling dispatch of rows 0 .. n_rows.
+    pub fn record_rows(&self, enc: &mut wgpu::CommandEncoder, n_rows: usize) {
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("sample"),
             timestamp_writes: None,
         });
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.bind_group, &[]);
-        pass.dispatch_workgroups(1, 1, 1);
+        pass.dispatch_workgroups(n_rows.min(self.max_rows) as u32, 1, 1);
     }
 
-    /// The buffer holding the chosen id (word 0 of [`OUTPUT_WORDS`] u32, see [`SampleOutput`]), to
-    /// copy into a readback buffer.
+    /// The buffer holding the chosen ids: [rows, OUTPUT_WORDS] u32, row r's id at word r *
+    /// OUTPUT_WORDS (see [`SampleOutput`]), to copy into a readback buffer.
     pub fn output(&self) -> &wgpu::Buffer {
         &self.out
     }
 
     pub fn n_valid(&self) -> usize {
         self.n_valid
+    }
+
+    pub fn max_rows(&self) -> usize {
+        self.max_rows
     }
 }

@@ -14,12 +14,18 @@ use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::NFC;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, SplitDelimiterBehavior};
 
 use crate::error::{Error, Result};
 
 /// The pre-tokenizer regex of Qwen2 (`tokenizer.ggml.pre = "qwen2"`), as in its `tokenizer.json`.
 const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Llama 3's (`"llama-bpe"`): as Qwen2's but numbers in runs of up to 3 digits.
+const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The GGUF `tokenizer.ggml.pre` values whose pre-tokenizer is rebuilt here.
+pub const SUPPORTED_PRE: [&str; 4] = ["qwen2", "llama-bpe", "smollm", "gpt2"];
 
 /// GGUF `tokenizer.ggml.token_type` values that make added tokens (llama.cpp `llama_token_type`).
 mod token_type {
@@ -33,6 +39,9 @@ mod token_type {
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     n_defined: usize,
+    /// The BOS id the model expects at the start of a raw text (llama-perplexity's "add BOS"), when
+    /// its tokenizer adds one (GGUF `tokenizer.ggml.add_bos_token`, or tokenizer.json's post-processor).
+    bos_to_add: Option<u32>,
 }
 
 impl fmt::Debug for Tokenizer {
@@ -55,29 +64,46 @@ impl Tokenizer {
     pub fn from_bytes(json: &[u8], origin: &Path) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_bytes(json)
             .map_err(|e| Error::format(origin, format!("not a valid tokenizer.json: {e}")))?;
-        Ok(Self::wrap(inner))
+        let mut t = Self::wrap(inner);
+        // transformers' add_special_tokens=True: whatever the post-processor puts in front of a text.
+        let plain = t.inner.encode_fast("a", false).ok();
+        let with = t.inner.encode_fast("a", true).ok();
+        if let (Some(plain), Some(with)) = (plain, with) {
+            let (p, w) = (plain.get_ids(), with.get_ids());
+            if w.len() == p.len() + 1 && w[1..] == *p {
+                t.bos_to_add = Some(w[0]);
+            }
+        }
+        Ok(t)
     }
 
     /// Rebuild a tokenizer from GGUF metadata (`tokenizer.ggml.tokens`, `.token_type`, `.merges`,
-    /// `.pre`), as llama.cpp does but matching transformers' Qwen2 tokenizer, NFC normalizer included:
-    /// byte-level BPE over `tokens` (id = index) and `merges` ("a b"), pre-tokenizer
-    /// Sequence[Split(qwen2 regex, Isolated), ByteLevel(false, false, false)], ByteLevel decoder.
+    /// `.pre`), as llama.cpp does but matching the model's transformers tokenizer: byte-level BPE over
+    /// `tokens` (id = index) and `merges` ("a b"), ByteLevel decoder, and the pre-tokenizer `pre` names:
+    /// - "qwen2": Sequence[Split(qwen2 regex, Isolated), ByteLevel(false, false, false)], with the NFC
+    ///   normalizer of transformers' Qwen2Tokenizer;
+    /// - "llama-bpe" (Llama 3): the same with Llama 3's regex (digits in runs of up to 3);
+    /// - "gpt2" and "smollm": ByteLevel(false, use_regex), GPT-2's regex. For "smollm" this is what
+    ///   transformers builds from the GGUF (its GPT2Converter ignores `.pre`), the reference here;
+    ///   llama.cpp splits digits off first, which differs only on runs of spaces before a digit
+    ///   ("x  2": transformers "Ġ", "Ġ", "2", llama.cpp "ĠĠ", "2").
     ///
     /// Added tokens follow the token types as transformers' GGUF conversion and llama.cpp do: control
     /// (3) and unknown (2) tokens are special (matched in text, skipped by `skip_special_tokens`),
     /// user-defined (4) tokens are matched in text but not special; normal (1), byte (6) and unused (5)
     /// tokens are plain vocabulary entries.
     ///
-    /// Only `pre = "qwen2"` is supported.
+    /// Other `pre` values are refused with the list of supported ones.
     pub fn from_gguf_vocab(
         tokens: &[String],
         token_types: &[i32],
         merges: &[String],
         pre: &str,
     ) -> Result<Self> {
-        if pre != "qwen2" {
+        if !SUPPORTED_PRE.contains(&pre) {
             return Err(Error::Tokenizer(format!(
-                "tokenizer.ggml.pre = {pre:?} is not supported (supported: \"qwen2\")"
+                "tokenizer.ggml.pre = {pre:?} is not supported (supported: {})",
+                SUPPORTED_PRE.map(|p| format!("{p:?}")).join(", ")
             )));
         }
         if token_types.len() != tokens.len() {
@@ -114,21 +140,30 @@ impl Tokenizer {
             .build()
             .map_err(|e| Error::Tokenizer(format!("tokenizer.ggml.tokens/merges: {e}")))?;
 
-        let split = Split::new(
-            SplitPattern::Regex(QWEN2_PATTERN.into()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .map_err(|e| Error::Tokenizer(format!("qwen2 pre-tokenizer regex: {e}")))?;
-        let pre_tokenizer = Sequence::new(vec![
-            split.into(),
-            ByteLevel::new(false, false, false).into(),
-        ]);
+        let split = |pattern: &str| -> Result<PreTokenizerWrapper> {
+            let s = Split::new(
+                SplitPattern::Regex(pattern.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| Error::Tokenizer(format!("{pre} pre-tokenizer regex: {e}")))?;
+            Ok(s.into())
+        };
+        let byte_level = |use_regex: bool| -> PreTokenizerWrapper {
+            ByteLevel::new(false, false, use_regex).into()
+        };
+        let pre_tokenizer = match pre {
+            "qwen2" => Sequence::new(vec![split(QWEN2_PATTERN)?, byte_level(false)]),
+            "llama-bpe" => Sequence::new(vec![split(LLAMA3_PATTERN)?, byte_level(false)]),
+            _ => Sequence::new(vec![byte_level(true)]),
+        };
 
         let mut inner = tokenizers::Tokenizer::new(bpe);
-        inner
-            .with_normalizer(Some(NFC))
-            .map_err(|e| Error::Tokenizer(format!("NFC normalizer: {e}")))?;
+        if pre == "qwen2" {
+            inner
+                .with_normalizer(Some(NFC))
+                .map_err(|e| Error::Tokenizer(format!("NFC normalizer: {e}")))?;
+        }
         inner.with_pre_tokenizer(Some(pre_tokenizer));
         inner.with_decoder(Some(ByteLevel::default()));
 
@@ -153,7 +188,24 @@ impl Tokenizer {
             .values()
             .max()
             .map_or(0, |&max| max as usize + 1);
-        Self { inner, n_defined }
+        Self {
+            inner,
+            n_defined,
+            bos_to_add: None,
+        }
+    }
+
+    /// Set the BOS id to put in front of raw texts (GGUF `tokenizer.ggml.add_bos_token`).
+    pub fn with_bos_to_add(mut self, bos: Option<u32>) -> Self {
+        self.bos_to_add = bos;
+        self
+    }
+
+    /// The BOS id the model's tokenizer puts in front of a raw text, if it adds one (Llama-style
+    /// tokenizers; Qwen adds none). Chat templates write their own BOS; scoring a raw text
+    /// (perplexity) starts with this one.
+    pub fn bos_to_add(&self) -> Option<u32> {
+        self.bos_to_add
     }
 
     /// Token ids of `text`, as transformers' `tokenizer(text, add_special_tokens=False)`: special tokens

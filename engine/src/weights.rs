@@ -7,13 +7,7 @@ use crate::gpu::Gpu;
 
 pub use crate::quant::QuantType;
 
-/// The shaders' `WFMT` constant for a storage format (the order of `QuantType::ALL`).
-pub fn wfmt(t: QuantType) -> usize {
-    QuantType::ALL
-        .iter()
-        .position(|&x| x == t)
-        .expect("ALL lists every type")
-}
+pub use crate::uniforms::wfmt;
 
 /// The float formats (matvec.wgsl / matmul.wgsl); the others are block quantizations.
 pub const FLOATS: [QuantType; 3] = [QuantType::F32, QuantType::F16, QuantType::BF16];
@@ -33,6 +27,17 @@ pub struct HostMatrix<'a> {
     pub data: std::borrow::Cow<'a, [u8]>,
 }
 
+/// Where the rows of a stacked matrix's second format start (q and k in one format stacked with v in
+/// another, as one QKV matrix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub format: QuantType,
+    /// The first row in `format`.
+    pub row: usize,
+    /// The word of the buffer where those rows start.
+    pub word: usize,
+}
+
 /// One binding's worth of rows.
 #[derive(Clone)]
 pub struct MatrixChunk {
@@ -49,6 +54,8 @@ pub struct Matrix {
     pub rows: usize,
     pub cols: usize,
     pub chunks: Vec<MatrixChunk>,
+    /// Rows from `second.row` on are in another format (a stacked matrix, one chunk).
+    pub second: Option<Segment>,
 }
 
 impl Matrix {
@@ -56,35 +63,119 @@ impl Matrix {
         Self::upload_chunked(gpu, m, gpu.caps.max_storage_binding)
     }
 
+    /// Stack matrices of the same width into one (rows of `parts[0]`, then `parts[1]`, ...), for one
+    /// dispatch over all of them. At most two formats, in two runs (A.., B..), both float or both
+    /// quantized, the second starting on a multiple of `align` rows, and the whole within one binding;
+    /// None when they cannot be stacked.
+    pub fn upload_stacked(gpu: &Gpu, parts: &[HostMatrix], align: usize) -> Result<Option<Matrix>> {
+        let Some(first) = parts.first() else {
+            return Ok(None);
+        };
+        for p in parts {
+            check_host(p)?;
+        }
+        let cols = first.cols;
+        if parts.iter().any(|p| p.cols != cols) {
+            return Ok(None);
+        }
+        let split = parts.iter().position(|p| p.format != first.format);
+        let second = match split {
+            None => None,
+            Some(i) => {
+                let f = parts[i].format;
+                let rows: usize = parts[..i].iter().map(|p| p.rows).sum();
+                let words: usize = parts[..i].iter().map(|p| p.data.len() / 4).sum();
+                let floats = |t: QuantType| FLOATS.contains(&t);
+                if parts[i..].iter().any(|p| p.format != f)
+                    || floats(f) != floats(first.format)
+                    || !rows.is_multiple_of(align)
+                {
+                    return Ok(None);
+                }
+                Some(Segment {
+                    format: f,
+                    row: rows,
+                    word: words,
+                })
+            }
+        };
+        let total: u64 = parts.iter().map(|p| p.data.len() as u64).sum();
+        if total > gpu.caps.max_storage_binding {
+            return Ok(None);
+        }
+        let mut data = Vec::with_capacity(total as usize);
+        for p in parts {
+            data.extend_from_slice(&p.data);
+        }
+        let name = parts
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join("+");
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let buffer = gpu.storage_init(&name, &data)?;
+        Ok(Some(Matrix {
+            name,
+            format: first.format,
+            rows,
+            cols,
+            chunks: vec![MatrixChunk {
+                buffer,
+                row_start: 0,
+                rows,
+            }],
+            second,
+        }))
+    }
+
+    /// Interleave the rows of two matrices of one shape and format (a0, b0, a1, b1, ...): the MLP's
+    /// gate and up as one matrix whose row pairs the GLU epilogue combines. Chunks hold whole pairs.
+    /// None when the formats or shapes differ.
+    pub fn upload_interleaved(gpu: &Gpu, a: &HostMatrix, b: &HostMatrix) -> Result<Option<Matrix>> {
+        if a.format != b.format
+            || a.rows != b.rows
+            || a.cols != b.cols
+            || a.data.len() != b.data.len()
+        {
+            return Ok(None);
+        }
+        let row_bytes = gpu_row_bytes(a.format, a.cols);
+        let mut data = Vec::with_capacity(2 * a.data.len());
+        for r in 0..a.rows {
+            data.extend_from_slice(&a.data[r * row_bytes..(r + 1) * row_bytes]);
+            data.extend_from_slice(&b.data[r * row_bytes..(r + 1) * row_bytes]);
+        }
+        let host = HostMatrix {
+            name: format!("{}|{}", a.name, b.name),
+            format: a.format,
+            rows: 2 * a.rows,
+            cols: a.cols,
+            data: std::borrow::Cow::Owned(data),
+        };
+        Self::upload_aligned(gpu, &host, gpu.caps.max_storage_binding, 2).map(Some)
+    }
+
     /// Upload with chunks of at most `max_chunk_bytes` (the binding limit; tests pass less to exercise
     /// the split on small matrices).
     pub fn upload_chunked(gpu: &Gpu, m: &HostMatrix, max_chunk_bytes: u64) -> Result<Matrix> {
-        let row_bytes = gpu_row_bytes(m.format, m.cols);
-        if m.data.len() != row_bytes * m.rows {
-            return Err(Error::Model(format!(
-                "tensor '{}': {} bytes, expected {} for [{}, {}] {}",
-                m.name,
-                m.data.len(),
-                row_bytes * m.rows,
-                m.rows,
-                m.cols,
-                m.format.name()
-            )));
-        }
-        if !m.cols.is_multiple_of(8) || !m.cols.is_multiple_of(m.format.block_size()) {
-            return Err(Error::Model(format!(
-                "tensor '{}': row length {} is not a multiple of 8 and of the {} block size {}",
-                m.name,
-                m.cols,
-                m.format.name(),
-                m.format.block_size()
-            )));
-        }
-        let max_rows =
-            (max_chunk_bytes.min(gpu.caps.max_storage_binding) as usize / row_bytes).max(1);
+        Self::upload_aligned(gpu, m, max_chunk_bytes, 1)
+    }
+
+    /// As `upload_chunked`, every chunk a multiple of `align` rows.
+    fn upload_aligned(
+        gpu: &Gpu,
+        m: &HostMatrix,
+        max_chunk_bytes: u64,
+        align: usize,
+    ) -> Result<Matrix> {
+        let row_bytes = check_host(m)?;
+        let max_rows = (max_chunk_bytes.min(gpu.caps.max_storage_binding) as usize / row_bytes)
+            .max(align)
+            / align
+            * align;
         // Split into equal chunks, each under the binding limit.
         let n_chunks = m.rows.div_ceil(max_rows);
-        let per_chunk = m.rows.div_ceil(n_chunks);
+        let per_chunk = m.rows.div_ceil(n_chunks).div_ceil(align) * align;
         let mut chunks = Vec::with_capacity(n_chunks);
         let mut row_start = 0;
         while row_start < m.rows {
@@ -108,6 +199,7 @@ impl Matrix {
             rows: m.rows,
             cols: m.cols,
             chunks,
+            second: None,
         })
     }
 
@@ -115,6 +207,32 @@ impl Matrix {
     pub fn bytes(&self) -> u64 {
         self.chunks.iter().map(|c| c.buffer.size()).sum()
     }
+}
+
+/// Check a host matrix's size and row length against its format; its row bytes.
+fn check_host(m: &HostMatrix) -> Result<usize> {
+    let row_bytes = gpu_row_bytes(m.format, m.cols);
+    if m.data.len() != row_bytes * m.rows {
+        return Err(Error::Model(format!(
+            "tensor '{}': {} bytes, expected {} for [{}, {}] {}",
+            m.name,
+            m.data.len(),
+            row_bytes * m.rows,
+            m.rows,
+            m.cols,
+            m.format.name()
+        )));
+    }
+    if !m.cols.is_multiple_of(8) || !m.cols.is_multiple_of(m.format.block_size()) {
+        return Err(Error::Model(format!(
+            "tensor '{}': row length {} is not a multiple of 8 and of the {} block size {}",
+            m.name,
+            m.cols,
+            m.format.name(),
+            m.format.block_size()
+        )));
+    }
+    Ok(row_bytes)
 }
 
 /// A vector of f32 (norm weight, bias) on the GPU.

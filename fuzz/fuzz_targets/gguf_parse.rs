@@ -1,11 +1,13 @@
-//! Fuzzes the GGUF parser: any input must give `Ok` or `Err`, never a panic, an overflow or an
-//! out-of-bounds read; a file that parses must hand out tensor data of the declared size that
-//! dequantizes without panicking.
+//! GGUF header and metadata parsing, and the model a GGUF describes: any input must give `Ok` or
+//! `Err`, never a panic, an overflow or an out-of-bounds read. A file that parses must hand out
+//! tensor data of the declared size that dequantizes; a model config it yields must be usable
+//! (fuzz/src/lib.rs: check_config); the weights a load reads must come out with the shapes asked for.
 #![no_main]
 
 use std::path::Path;
 
 use glint::gguf::Gguf;
+use glint::gguf_loader::GgufModel;
 use glint::quant::dequantize;
 use libfuzzer_sys::fuzz_target;
 
@@ -30,4 +32,10 @@ fuzz_target!(|data: &[u8]| {
         let mut out = vec![0f32; t.n_elements() as usize];
         dequantize(t.ggml_type, bytes, &mut out);
     }
+    let Ok(model) = GgufModel::from_gguf(g) else {
+        return;
+    };
+    glint_fuzz::check_config(&model.cfg);
+    let _ = model.generation_config();
+    let _ = glint_fuzz::load_weights(&model, &model.cfg);
 });

@@ -97,6 +97,8 @@ pub fn real_model(name: &str) -> Option<PathBuf> {
 
 /// The default model of the CLI tests: the Q4_K_M GGUF file.
 pub const GGUF: &str = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf";
+/// The Llama-family real model (scripts/fetch-smollm2.sh).
+pub const SMOLLM2: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// The tokenizer of [`fake_hf_cache`]'s model.
 #[derive(Copy, Clone, PartialEq)]

@@ -1,7 +1,7 @@
 //! A GPU context for driving single kernels through `Graph`, as the model does.
 
 use super::{run, Rng};
-use glint::graph::{Graph, Linear, LinearKind};
+use glint::graph::{Graph, Linear, StepBuffers};
 use glint::kernels::{Kernels, Shapes};
 use glint::quant::QuantType;
 use glint::reference as r;
@@ -11,7 +11,7 @@ use std::borrow::Cow;
 pub struct Ctx {
     pub gpu: glint::gpu::Gpu,
     pub k: Kernels,
-    pub step: wgpu::Buffer,
+    pub step: StepBuffers,
     pub dummy: wgpu::Buffer,
 }
 
@@ -26,7 +26,7 @@ pub fn ctx_with(f: impl FnOnce(&mut Shapes)) -> Option<Ctx> {
     let mut shapes = Shapes::for_device(&gpu.caps);
     f(&mut shapes);
     let k = Kernels::new(&gpu, shapes).expect("pipelines");
-    let step = gpu.uniform_init("step", &[0u8; 16]);
+    let step = StepBuffers::new(&gpu, 512, 512).unwrap();
     let dummy = gpu.storage("dummy", 16).unwrap();
     Some(Ctx {
         gpu,
@@ -111,17 +111,9 @@ pub fn check_linear(name: &str, got: &[f32], want: &[f32], w: &[f32], cols: usiz
     }
 }
 
-/// y = y0 + bias + W x through `Graph::linear` (the fused bias and residual accumulate), against the
-/// reference.
-pub fn linear_case(
-    c: &Ctx,
-    f: QuantType,
-    rows: usize,
-    cols: usize,
-    n_tokens: usize,
-    kind: LinearKind,
-    split: bool,
-) {
+/// y = y0 + bias + W x through `Graph::linear_residual` (the fused bias and residual accumulate), against
+/// the reference. Which kernel runs follows from `n_tokens` and the context's shapes.
+pub fn linear_case(c: &Ctx, f: QuantType, rows: usize, cols: usize, n_tokens: usize, split: bool) {
     let mut rng = Rng::new((rows * 31 + cols * 7 + n_tokens) as u64 ^ f.ggml_id() as u64);
     let chunk = if split {
         (rows / 3 + 1) as u64 * gpu_row_bytes(f, cols) as u64
@@ -141,12 +133,14 @@ pub fn linear_case(
     };
     let (xb, yb) = (c.buf(&x), c.buf(&y0));
     let mut g = c.graph();
-    g.linear(&lin, &xb, &yb, true, kind);
-    run(&c.gpu, &g.finish(), &c.step, n_tokens as u32, 0);
+    g.linear_residual(&lin, &xb, &yb);
+    let plan = g.finish().unwrap();
+    run(&c.gpu, &plan, &c.step, n_tokens as u32, 0);
     let got = c.read(&yb, n_tokens * rows);
     let want = r::linear(&w, cols, &x, Some(&bias), Some(&y0));
     let name = format!(
-        "{kind:?} {} {rows}x{cols} n={n_tokens} split={split}",
+        "{:?} {} {rows}x{cols} n={n_tokens} split={split}",
+        plan.labels(glint::graph::CallShape::new(n_tokens, 0)),
         f.name()
     );
     check_linear(&name, &got, &want, &w, cols, &x);
