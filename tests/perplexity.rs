@@ -15,6 +15,7 @@ mod cli;
 mod common;
 
 use common::{fixture, gpu, models_dir};
+use glint::kernels::KvType;
 use glint::logprobs::TokenLogprob;
 use glint::perplexity::{
     kl_top_k, score_chunk, tokens_sha256, Chunking, KlBase, KlBaseHeader, KlBaseWriter, KlRecord,
@@ -71,6 +72,16 @@ fn log_softmax(row: &[f64], id: usize) -> f64 {
 
 fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
+}
+
+/// Load options for scoring: every token of a call may get a row of logits (as `glint perplexity`),
+/// and the f32 KV cache, as the goldens are float64 (the f16 cache's rounding: tests/tiny_models.rs).
+fn scoring() -> LoadOptions {
+    LoadOptions {
+        max_outputs: Some(256),
+        kv_type: Some(KvType::F32),
+        ..Default::default()
+    }
 }
 
 fn tiny(opts: LoadOptions) -> Option<Model> {
@@ -161,25 +172,35 @@ fn check_scores(label: &str, scores: &[PositionScore], g: &Golden, first: usize,
 
 #[test]
 fn score_matches_golden_logits() {
-    let Some(mut m) = tiny(LoadOptions::default()) else {
+    let Some(mut m) = tiny(scoring()) else {
         return;
     };
     let cases = golden("tiny-qwen2");
     let g = &cases[2]; // 33 ids
-                       // Every position of the 33, through one all-logits call, then from position 16 on (prefill first).
+                       // One call: every position of the 33, then from position 16 on, then the last only.
     for (first, top_k) in [(0, 8), (16, 32), (31, 1)] {
         let s = m.score(&g.ids, first, top_k).unwrap();
         check_scores(&format!("first {first}"), &s, g, first, g.ids.len());
         assert!(s.iter().all(|p| p.top.len() == top_k));
     }
-    // Calls of a few rows each (the batch bounds the all-logits rows), the same scores.
-    let mut small = tiny(LoadOptions {
-        batch: 5,
-        ..Default::default()
-    })
-    .unwrap();
-    let s = small.score(&g.ids, 3, 4).unwrap();
-    check_scores("batch 5", &s, g, 3, g.ids.len());
+    // Calls bounded by the batch (5 tokens, all scored), by the outputs (8 tokens, at most 3 of them
+    // scored), and one row per call (the default max_outputs of one slot): the same scores.
+    for (batch, max_outputs) in [(5, Some(5)), (8, Some(3)), (256, None)] {
+        let mut small = tiny(LoadOptions {
+            batch,
+            max_outputs,
+            ..scoring()
+        })
+        .unwrap();
+        let s = small.score(&g.ids, 3, 4).unwrap();
+        check_scores(
+            &format!("batch {batch}, max_outputs {max_outputs:?}"),
+            &s,
+            g,
+            3,
+            g.ids.len(),
+        );
+    }
     // Too short, first too late, too many top-k.
     assert!(m.score(&g.ids[..1], 0, 0).is_err());
     assert!(m.score(&g.ids[..7], 6, 0).is_err());
@@ -191,7 +212,7 @@ fn score_matches_golden_logits() {
 /// Chunk 2 starts from an empty cache, so its logits are the golden's of the 33-id case's first 7 ids.
 #[test]
 fn perplexity_chunks_hand_checked() {
-    let Some(mut m) = tiny(LoadOptions::default()) else {
+    let Some(mut m) = tiny(scoring()) else {
         return;
     };
     let cases = golden("tiny-qwen2");
@@ -261,12 +282,12 @@ fn cpu_rows(m: &mut Model, ids: &[u32], first: usize) -> Vec<Vec<f64>> {
 /// as written, and KlStats' figures equal those from both models' full logits reduced on the CPU.
 #[test]
 fn kl_base_round_trip_against_full_logits() {
-    let Some(mut base) = tiny(LoadOptions::default()) else {
+    let Some(mut base) = tiny(scoring()) else {
         return;
     };
     let mut cur = tiny(LoadOptions {
         quant: Some(glint::quant::QuantType::Q4_0),
-        ..Default::default()
+        ..scoring()
     })
     .unwrap();
     let ids = golden("tiny-qwen2")[2].ids.clone(); // 33 ids: 2 chunks of 16
@@ -555,6 +576,24 @@ fn cli_perplexity_and_kl_on_tiny_model() {
     let want = (nll / 36.0).exp();
     let got = v["ppl"].as_f64().unwrap();
     assert!((got / want - 1.0).abs() < 1e-4, "CLI PPL {got} vs {want}");
+    // The f32 KV cache, unfused: what the run reports, and the same PPL to within f16 rounding.
+    let (ok, out, err) = run(&["-c", "20", "--kv-type", "f32", "--no-fuse"]);
+    assert!(ok, "{err}");
+    let v = json(&out);
+    assert_eq!(
+        (v["kv_type"].as_str(), v["fuse"].as_bool()),
+        (Some("f32"), Some(false))
+    );
+    let got = v["ppl"].as_f64().unwrap();
+    assert!(
+        (got / want - 1.0).abs() < 1e-2,
+        "CLI PPL (f32 KV, unfused) {got} vs {want}"
+    );
+    let (ok, _, err) = run(&["-c", "20", "--kv-type", "q8"]);
+    assert!(
+        !ok && err.contains("--kv-type") && err.contains("f32, f16"),
+        "{err}"
+    );
     assert_eq!(v["running"].as_array().unwrap().len(), 4);
 
     // A base file (f32), then the q4_0 form against it.
@@ -636,9 +675,12 @@ fn check_reference_ppl(gguf: &str) {
     let n_ctx = want["n_ctx"].as_u64().unwrap() as usize;
     let chunks = want["chunks"].as_u64().unwrap() as usize;
     let t0 = std::time::Instant::now();
+    // As `glint perplexity -c N`: one call per chunk's tokens, every scored position an output row
+    // (the engine caps the rows at one binding of logits: 220 for Qwen2's 151936 ids, 2 calls a chunk).
     let opts = LoadOptions {
         ctx_size: Some(n_ctx),
         batch: n_ctx,
+        max_outputs: Some(n_ctx),
         ..Default::default()
     };
     let mut m = Model::load(&path, opts).unwrap();
@@ -684,7 +726,6 @@ fn qwen2_q4_k_m_ppl_matches_reference() {
 }
 
 #[test]
-#[ignore = "SmolLM2 is a Llama-family model, which glint loads once the Llama family lands"]
 fn smollm2_q4_1_ppl_matches_reference() {
     check_reference_ppl("SmolLM2-135M-Instruct.Q4_1.gguf");
 }
