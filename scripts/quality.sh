@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The quality table of docs/QUALITY.md: `glint perplexity` on one text for each row below, its PPL and
 # its KL divergence from the bf16 safetensors model (the base, written once with --kl-divergence-base).
-# Each row is one line of ROWS: "label|model|extra flags". To add a row (f16 KV cache, a fused kernel
-# path...), add a line; finished rows are kept in the work directory, so a rerun only runs new ones.
+# Each row is one line of ROWS: "label|model|extra flags". To add a row (a kernel path with a flag),
+# add a line; finished rows are kept in the work directory, so a rerun only runs new ones.
 # Prints the markdown table (the tools' figures, nothing typed by hand) and each row's command.
 #
 # Usage: scripts/quality.sh [-c N] [--chunks N] [-f TEXT] [-w WORKDIR]
@@ -32,7 +32,9 @@ BF16=models/qwen2.5-coder-0.5b-instruct-bf16
 GGUF=models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf
 ROWS=(
     "--quant q8_0|$BF16|--quant q8_0"
-    "Q4_K_M GGUF as shipped|$GGUF|"
+    "Q4_K_M GGUF as shipped (f16 KV, fused)|$GGUF|"
+    "Q4_K_M GGUF, --kv-type f32|$GGUF|--kv-type f32"
+    "Q4_K_M GGUF, --no-fuse|$GGUF|--no-fuse"
     "--quant q4_k|$BF16|--quant q4_k"
     "--quant q4_0|$BF16|--quant q4_0"
     "--quant f16|$BF16|--quant f16"
