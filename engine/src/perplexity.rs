@@ -964,7 +964,10 @@ impl KlStats {
         let (ppl, ppl_base) = (ln_ppl.exp(), ln_base.exp());
         let (ppl_unc, ppl_base_unc) = (ppl * ln_ppl_unc, ppl_base * ln_base_unc);
         let ln_ratio = ln_ppl - ln_base;
-        let ln_ratio_unc = (ln_ppl_unc * ln_ppl_unc + ln_base_unc * ln_base_unc - 2.0 * cov).sqrt();
+        // Identical runs give 0 up to rounding, which may fall below it: clamped, not NaN.
+        let ln_ratio_unc = (ln_ppl_unc * ln_ppl_unc + ln_base_unc * ln_base_unc - 2.0 * cov)
+            .max(0.0)
+            .sqrt();
         let ppl_ratio = ln_ratio.exp();
         let ppl_cov = ppl * ppl_base * cov;
         let (kld_mean, kld_unc) = mean_and_uncertainty(self.sum_kld, self.sum_kld2, n);
@@ -997,7 +1000,9 @@ impl KlStats {
             ppl_ratio,
             ppl_ratio_unc: ppl_ratio * ln_ratio_unc,
             ppl_diff: ppl - ppl_base,
-            ppl_diff_unc: (ppl_unc * ppl_unc + ppl_base_unc * ppl_base_unc - 2.0 * ppl_cov).sqrt(),
+            ppl_diff_unc: (ppl_unc * ppl_unc + ppl_base_unc * ppl_base_unc - 2.0 * ppl_cov)
+                .max(0.0)
+                .sqrt(),
             kld_mean,
             kld_unc,
             kld_max: percentile(&kld, 1.0),
