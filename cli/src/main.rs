@@ -9,6 +9,7 @@ mod bench;
 mod chat;
 mod generate;
 mod lab;
+mod perplexity;
 mod run;
 mod serve;
 
@@ -45,6 +46,8 @@ enum Cmd {
     /// Kernel lab: every kernel validated against its CPU reference, then timed (GPU timestamps); the
     /// device's copy bandwidth and peak FLOP/s; --compare saved reports; --plot a roofline.
     Lab(lab::LabArgs),
+    /// Perplexity of a text, and KL divergence against a base model's file, as llama-perplexity.
+    Perplexity(perplexity::PerplexityArgs),
     /// Print the token ids of a text as a JSON array (special tokens written in the text are recognised).
     Tokenize {
         /// Model directory (tokenizer.json) or GGUF file.
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => bench::bench(a),
         Cmd::Lab(a) => lab::lab(a),
         Cmd::Serve(a) => serve::serve(a),
+        Cmd::Perplexity(a) => perplexity::perplexity(a),
         Cmd::Tokenize { model, file, text } => tokenize(model, file, text),
     };
     match result {

@@ -43,8 +43,8 @@ pub struct LoadOptions {
     /// Sequence slots: independent sequences (each with its own region of the KV cache) that one call
     /// can advance together.
     pub slots: usize,
-    /// Rows of logits one call can produce (at least `slots`; more for scoring many positions at once).
-    /// Default: `slots`.
+    /// Rows of logits one call can produce (at least `slots`; more for scoring many positions at once,
+    /// up to `batch` and to what one storage binding of [rows, vocab] f32 holds). Default: `slots`.
     pub max_outputs: Option<usize>,
     /// Merge the layers that read the same input into one matrix at load (q, k, v; gate and up), so
     /// each runs as one dispatch. Default true; false keeps every layer separate (for comparisons).
@@ -300,6 +300,8 @@ pub struct Model {
     /// [max_out, OUTPUT_WORDS] u32: the next ids of a call.
     readback: wgpu::Buffer,
     sampler: GpuSampler,
+    /// The log-probability kernel of [`Model::score`] (perplexity.rs), built on first use.
+    pub(crate) scorer: Option<crate::logprobs::LogprobKernel>,
     n_valid: usize,
     /// Per slot, the ids whose keys and values are in its region of the KV cache, in order.
     slots: Vec<Vec<u32>>,
@@ -491,15 +493,18 @@ impl Model {
         }
         let batch = opts.batch.clamp(1, ctx);
         let n_slots = opts.slots.max(1);
-        let max_out = opts
-            .max_outputs
-            .unwrap_or(n_slots)
-            .max(n_slots)
-            .min(batch.max(n_slots));
         let files_ms = t0.elapsed().as_secs_f64() * 1e3;
         let lap = Instant::now();
         let gpu = Gpu::new(&opts.gpu)?;
         let device_ms = lap.elapsed().as_secs_f64() * 1e3;
+        // Outputs asked for beyond the slots stop at what one binding of [rows, vocab] f32 logits holds.
+        let binding_rows = (gpu.caps.max_storage_binding / (cfg.vocab as u64 * 4)) as usize;
+        let max_out = opts
+            .max_outputs
+            .unwrap_or(n_slots)
+            .min(batch)
+            .min(binding_rows)
+            .max(n_slots);
         let mut shapes = Shapes::for_device(&gpu.caps);
         if let Some(f) = &opts.shapes {
             f(&mut shapes);
@@ -603,6 +608,7 @@ impl Model {
             plan,
             readback,
             sampler,
+            scorer: None,
             n_valid,
             slots: vec![Vec::new(); n_slots],
             load_ms: 0.0,
@@ -1027,14 +1033,42 @@ impl Model {
     /// Run `ids` through the model (slot 0, appended to its cache) and return the logits at every
     /// position (tests, scoring), in calls of at most `max_outputs` tokens.
     pub fn forward_all_logits(&mut self, ids: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let vocab = self.cfg.vocab;
+        let mut out = Vec::with_capacity(ids.len());
+        self.forward_logits_gpu(ids, 0, &mut |gpu, buf, _, rows| {
+            let v = gpu.read_f32(buf, 0, rows * vocab)?;
+            out.extend(v.chunks(vocab).map(|r| r.to_vec()));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Run `ids` through the model (slot 0, appended to its cache) and leave the logits of positions
+    /// `first_logits..` on the GPU: calls of at most `max_batch` tokens, each asking for at most
+    /// `max_outputs` rows of logits. After each call with outputs, `on_logits(gpu, logits, i0, rows)`
+    /// gets the buffer whose rows `0..rows` ([rows, vocab] f32) are the logits of `ids[i0..i0 + rows]`.
+    /// Nothing is read back here: the callback runs its own kernels on the buffer (perplexity.rs).
+    pub fn forward_logits_gpu(
+        &mut self,
+        ids: &[u32],
+        first_logits: usize,
+        on_logits: &mut dyn FnMut(&Gpu, &wgpu::Buffer, usize, usize) -> Result<()>,
+    ) -> Result<()> {
         self.check_ids(ids)?;
         self.check_fits(0, ids.len())?;
-        let rows = self.acts.max_out.min(self.acts.batch);
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(rows) {
+        let first = first_logits.min(ids.len());
+        let mut pos = 0;
+        while pos < ids.len() {
+            // Tokens pos..end, of which out0..end get logits (none when out0 >= end).
+            let out0 = first.max(pos);
+            let end = ids
+                .len()
+                .min(pos + self.acts.batch)
+                .min(out0 + self.acts.max_out);
+            let chunk = &ids[pos..end];
             let pos0 = self.slots[0].len();
             let meta: Vec<[u32; 2]> = (0..chunk.len()).map(|t| [0, (pos0 + t) as u32]).collect();
-            let out_rows: Vec<u32> = (0..chunk.len() as u32).collect();
+            let out_rows: Vec<u32> = (out0.min(end) - pos..end - pos).map(|r| r as u32).collect();
             let splits = self.kv_splits(&meta);
             let q = &self.gpu.queue;
             q.write_buffer(&self.acts.tokens, 0, bytemuck::cast_slice(chunk));
@@ -1042,13 +1076,13 @@ impl Model {
             let mut enc = self.gpu.device.create_command_encoder(&Default::default());
             self.plan.record(&mut enc, call);
             self.gpu.queue.submit([enc.finish()]);
-            let v = self
-                .gpu
-                .read_f32(&self.acts.logits, 0, chunk.len() * self.cfg.vocab)?;
-            out.extend(v.chunks(self.cfg.vocab).map(|r| r.to_vec()));
             self.slots[0].extend_from_slice(chunk);
+            if !out_rows.is_empty() {
+                on_logits(&self.gpu, &self.acts.logits, out0, out_rows.len())?;
+            }
+            pos = end;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Greedy generation: see [`Model::generate_with`].

@@ -87,6 +87,10 @@ pub fn all_modules() -> Vec<(String, String)> {
         ("elementwise".to_string(), compose(ELEMENTWISE, None)),
         ("argmax".to_string(), compose(ARGMAX, None)),
         ("sample".to_string(), compose(SAMPLE, None)),
+        (
+            "logprobs".to_string(),
+            crate::logprobs::LOGPROBS.to_string(),
+        ),
     ];
     for (name, src) in [("matvec", MATVEC), ("rmsnorm", RMSNORM)] {
         v.push((

@@ -186,3 +186,59 @@ pub fn argmax(logits: &[f32], n_valid: usize) -> u32 {
     }
     best.1
 }
+
+/// Log-probabilities of each row of `logits` ([n_rows, row_stride]) over the ids below `n_valid`, in
+/// f64: the max, ln(sum exp), the argmax (lowest id on ties, NaN skipped), log p at each of the row's
+/// `n_req` ids in `req` ([n_rows, n_req]; -inf for an id >= n_valid) and the `top_k` most likely ids
+/// (lowest first on ties; -inf logits never listed). The reference of shaders/logprobs.wgsl.
+pub fn logprobs(
+    logits: &[f32],
+    row_stride: usize,
+    n_valid: usize,
+    req: &[u32],
+    n_req: usize,
+    top_k: usize,
+) -> Vec<crate::logprobs::RowLogprobs> {
+    use crate::logprobs::{RowLogprobs, TokenLogprob};
+    let n_rows = logits.len() / row_stride;
+    (0..n_rows)
+        .map(|r| {
+            let row = &logits[r * row_stride..r * row_stride + n_valid];
+            let argmax = argmax(row, n_valid);
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
+            let lse = max + sum.ln();
+            let lp = |id: usize| (row[id] as f64 - lse) as f32;
+            let requested = req[r * n_req..(r + 1) * n_req]
+                .iter()
+                .map(|&id| {
+                    if (id as usize) < n_valid {
+                        lp(id as usize)
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+                .collect();
+            let mut order: Vec<usize> = (0..n_valid)
+                .filter(|&i| row[i] > f32::NEG_INFINITY)
+                .collect();
+            // Larger logit first, then lower id (a stable sort keeps ids ascending among equals).
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            let top = order
+                .into_iter()
+                .take(top_k)
+                .map(|i| TokenLogprob {
+                    id: i as u32,
+                    logprob: lp(i),
+                })
+                .collect();
+            RowLogprobs {
+                max_logit: max as f32,
+                log_sum_exp: lse as f32,
+                argmax,
+                requested,
+                top,
+            }
+        })
+        .collect()
+}
