@@ -60,6 +60,10 @@ pub struct BenchArgs {
     /// Quantize a safetensors model's matrices at load (q8_0, q4_0, q4_k, f16, ...), as `glint run`.
     #[arg(long, value_parser = parse_quant)]
     quant: Option<QuantType>,
+    /// Kernel shapes from this tuning file (`glint lab --sweep --tune-out FILE`), which must be for
+    /// this device. Default: the user cache's file for this device if any, else the device's defaults.
+    #[arg(long, value_name = "FILE")]
+    tune: Option<PathBuf>,
     #[command(flatten)]
     gpu: crate::GpuArgs,
 }
@@ -82,6 +86,7 @@ pub fn bench(a: BenchArgs) -> glint::Result<()> {
     };
     let mut opts = spec.load_options(a.gpu.options()?);
     opts.quant = a.quant;
+    opts.tune = glint::tune::Tuning::file_or_auto(a.tune);
     eprintln!("glint bench: loading {}", a.model.display());
     let mut model = Model::load(&a.model, opts)?;
     eprintln!(

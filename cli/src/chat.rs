@@ -11,6 +11,7 @@ use clap::Args;
 use glint::chat::Message;
 use glint::{GenerateOptions, LoadOptions, Model};
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -45,6 +46,10 @@ pub struct ChatArgs {
     /// No progress bars, load report or per-turn summary on stderr.
     #[arg(short = 'q', long)]
     quiet: bool,
+    /// Kernel shapes from this tuning file (`glint lab --sweep --tune-out FILE`), which must be for
+    /// this device. Default: the user cache's file for this device if any, else the device's defaults.
+    #[arg(long, value_name = "FILE")]
+    tune: Option<PathBuf>,
     #[command(flatten)]
     gpu: crate::GpuArgs,
 }
@@ -72,6 +77,7 @@ pub fn chat(a: ChatArgs) -> glint::Result<()> {
         gpu: a.gpu.options()?,
         ctx_size: a.ctx_size,
         quant: a.quant,
+        tune: glint::tune::Tuning::file_or_auto(a.tune.clone()),
         ..Default::default()
     };
     let (mut model, _) = load_model(&a.model, opts, a.quiet)?;

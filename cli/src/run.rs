@@ -50,6 +50,10 @@ pub struct RunArgs {
     /// No progress bars, load report or summary on stderr.
     #[arg(short = 'q', long)]
     quiet: bool,
+    /// Kernel shapes from this tuning file (`glint lab --sweep --tune-out FILE`), which must be for
+    /// this device. Default: the user cache's file for this device if any, else the device's defaults.
+    #[arg(long, value_name = "FILE")]
+    tune: Option<PathBuf>,
     #[command(flatten)]
     gpu: crate::GpuArgs,
 }
@@ -65,6 +69,7 @@ pub fn run(a: RunArgs) -> glint::Result<()> {
         gpu: a.gpu.options()?,
         ctx_size: a.ctx_size,
         quant: a.quant,
+        tune: glint::tune::Tuning::file_or_auto(a.tune.clone()),
         ..Default::default()
     };
     // The messages file is read before the model loads, so that a bad one fails at once.

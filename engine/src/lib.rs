@@ -42,6 +42,7 @@ pub mod safetensors_loader;
 pub mod sampler;
 pub mod stop;
 pub mod tokenizer;
+pub mod tune;
 pub mod uniforms;
 pub mod weights;
 
