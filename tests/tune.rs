@@ -119,9 +119,12 @@ fn tuning_file_for_another_device_is_refused() {
     );
 }
 
+/// An edit of a tuning file's JSON.
+type Edit = Box<dyn Fn(&mut Value)>;
+
 #[test]
 fn malformed_tuning_files_are_refused_naming_the_field() {
-    let cases: [(&str, Box<dyn Fn(&mut Value)>, &str); 7] = [
+    let cases: [(&str, Edit, &str); 7] = [
         (
             "type",
             Box::new(|v| v["shapes"]["tpr"] = "sixteen".into()),
