@@ -28,6 +28,10 @@ pub struct ModelArgs {
     /// SHADER_F16, else f32.
     #[arg(long = "kv-type", visible_alias = "cache-type", value_name = "T", value_parser = parse_kv_type)]
     pub kv_type: Option<KvType>,
+    /// Kernel shapes from this tuning file (`glint lab --sweep --tune-out FILE`), which must be for
+    /// this device. Default: the user cache's file for this device if any, else the device's defaults.
+    #[arg(long, value_name = "FILE")]
+    pub tune: Option<PathBuf>,
     #[command(flatten)]
     pub gpu: crate::GpuArgs,
 }
@@ -39,6 +43,7 @@ impl ModelArgs {
             gpu: self.gpu.options()?,
             quant: self.quant,
             kv_type: self.kv_type,
+            tune: glint::tune::Tuning::file_or_auto(self.tune.clone()),
             ..Default::default()
         })
     }

@@ -45,6 +45,16 @@ pub struct LabArgs {
         conflicts_with_all = ["quick", "model", "json_file", "backend", "adapter"]
     )]
     compare: Vec<PathBuf>,
+    /// Sweep the kernels' launch shapes instead of timing the defaults: per kernel family, each
+    /// parameter's values that the device can run, validated and timed on that family's cases; the
+    /// fastest valid value is kept (one parameter at a time; --filter and --quick apply).
+    #[arg(long, conflicts_with = "compare")]
+    sweep: bool,
+    /// With --sweep: save the chosen shapes, for this device, as a tuning file (glint-tune/1) that
+    /// `glint run/bench/chat --tune FILE` load. Save it as $GLINT_TUNE_DIR or ~/.cache/glint/tune +
+    /// /<fingerprint>.json to have it loaded by default on this device.
+    #[arg(long, value_name = "FILE", requires = "sweep")]
+    tune_out: Option<PathBuf>,
     /// Draw a roofline chart, SVG or PNG by the file's extension: of this run, or of the --compare
     /// reports, one colour per report.
     #[arg(long, value_name = "FILE.svg|FILE.png")]
@@ -87,7 +97,12 @@ pub fn lab(a: LabArgs) -> glint::Result<()> {
     })
     .map_err(|e| Error::Input(format!("cannot handle Ctrl-C: {e}")))?;
     eprintln!("glint lab: model shapes {}", opts.dims.describe());
-    let report = lab::run_lab(&opts, &stop, &mut |e| eprintln!("{}", e.line()))?;
+    let mut progress = |e: lab::Event<'_>| eprintln!("{}", e.line());
+    let report = if a.sweep {
+        lab::run_sweep(&opts, &stop, &mut progress)?
+    } else {
+        lab::run_lab(&opts, &stop, &mut progress)?
+    };
     let json = report.to_json();
     if let Some(path) = &a.json_file {
         std::fs::write(path, format!("{json}\n")).map_err(|e| Error::io(path, e))?;
@@ -95,6 +110,26 @@ pub fn lab(a: LabArgs) -> glint::Result<()> {
     match a.output {
         Output::Md => print!("{}", lab::markdown::report(&report)),
         Output::Json => println!("{json}"),
+    }
+    if let Some(sweep) = &report.sweep {
+        if a.output == Output::Md {
+            print!("\n{}", lab::sweep::markdown(sweep));
+        }
+        if let Some(path) = &a.tune_out {
+            if report.interrupted {
+                eprintln!("glint lab: interrupted: no tuning file written");
+            } else {
+                sweep.tune_file(&report).write(path)?;
+                eprintln!(
+                    "glint lab: tuning file written to {} (device fingerprint {}); the engine loads it \
+                     with --tune, or by default from {}",
+                    path.display(),
+                    report.device.fingerprint,
+                    glint::tune::cache_path(&report.device.fingerprint)
+                        .map_or("the user cache".into(), |p| p.display().to_string())
+                );
+            }
+        }
     }
     if let Some(p) = &a.plot {
         plot(&[("this run".to_string(), report.clone())], p)?;

@@ -120,6 +120,7 @@ pub fn perplexity(a: PerplexityArgs) -> glint::Result<()> {
         fuse: !a.no_fuse,
         kv_type: a.model.kv_type,
         quant: a.model.quant,
+        tune: glint::tune::Tuning::file_or_auto(a.model.tune.clone()),
         ..Default::default()
     };
     let (mut model, path) = load_model(&a.model, opts, a.quiet)?;

@@ -20,6 +20,7 @@ use crate::sampler::{
     penalty_window, GpuSampler, SampleRow, SamplingParams, SeededRng, OUTPUT_WORDS,
 };
 use crate::tokenizer::Tokenizer;
+use crate::tune::Tuning;
 use crate::weights::HostMatrix;
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -51,7 +52,10 @@ pub struct LoadOptions {
     pub fuse: bool,
     /// KV cache element type. Default: f16 on devices with SHADER_F16, else f32.
     pub kv_type: Option<KvType>,
-    /// Adjust the device's kernel shapes (tests, the lab's tuning).
+    /// Where the kernel shapes come from: a tuning file (`glint lab --sweep --tune-out`), the user
+    /// cache's file for this device, or the device's defaults. Default: [`Tuning::Auto`].
+    pub tune: Tuning,
+    /// Adjust the kernel shapes (tests, experiments), after the tuning file.
     pub shapes: Option<ShapesFn>,
     /// Called with (tensor name, bytes uploaded so far, total bytes) while weights upload.
     pub progress: Option<Progress>,
@@ -69,6 +73,7 @@ impl Default for LoadOptions {
             max_outputs: None,
             fuse: true,
             kv_type: None,
+            tune: Tuning::Auto,
             shapes: None,
             progress: None,
             quant: None,
@@ -505,7 +510,11 @@ impl Model {
             .min(batch)
             .min(binding_rows)
             .max(n_slots);
-        let mut shapes = Shapes::for_device(&gpu.caps);
+        let (mut shapes, tune_file) = crate::tune::shapes_for(&gpu.caps, &opts.tune)?;
+        match &tune_file {
+            Some(p) => log::info!("kernel shapes from the tuning file {}", p.display()),
+            None => log::info!("kernel shapes: the device's defaults"),
+        }
         if let Some(f) = &opts.shapes {
             f(&mut shapes);
         }

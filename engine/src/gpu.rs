@@ -60,6 +60,9 @@ pub struct DeviceCaps {
     pub max_buffer_size: u64,
     pub max_workgroup_invocations: u32,
     pub max_storage_buffers_per_stage: u32,
+    /// The device's identity (adapter, driver, backend) as 16 hex digits
+    /// ([`crate::lab::device::fingerprint`]): what a tuning file is keyed by.
+    pub fingerprint: String,
 }
 
 pub struct Gpu {
@@ -324,6 +327,14 @@ impl Gpu {
             max_buffer_size: limits.max_buffer_size,
             max_workgroup_invocations: limits.max_compute_invocations_per_workgroup,
             max_storage_buffers_per_stage: limits.max_storage_buffers_per_shader_stage,
+            fingerprint: crate::lab::device::fingerprint(
+                &info.name,
+                info.vendor,
+                info.device,
+                &info.driver,
+                &info.driver_info,
+                &format!("{:?}", info.backend),
+            ),
         };
         log::info!(
             "GPU: {} ({:?}, {:?}), subgroup {:?}, max binding {} MiB",

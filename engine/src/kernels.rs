@@ -32,7 +32,8 @@ pub const REDUCE_SUBGROUP: &str = include_str!("../../shaders/reduce_subgroup.wg
 pub const REDUCE_SHARED: &str = include_str!("../../shaders/reduce_shared.wgsl");
 
 /// Which row reduction a module is composed with.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Reduce {
     Subgroup,
     Shared,
@@ -111,8 +112,10 @@ pub fn all_modules() -> Vec<(String, String)> {
 }
 
 /// Kernel shapes for one device. Chosen from its capabilities; every field can be overridden for
-/// experiments (the lab sweeps them).
-#[derive(Clone, Debug, PartialEq)]
+/// experiments (the lab sweeps them: `glint lab --sweep`), and a tuning file ([`crate::tune`]) holds
+/// them as JSON, one key per field. [`Shapes::check`] says which values a device can run.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Shapes {
     pub reduce: Reduce,
     /// Threads per row in matvec (and per row in rmsnorm): the subgroup size when rows reduce with
@@ -186,6 +189,99 @@ impl Shapes {
     /// blocks).
     pub fn half_block_tokens(&self) -> Option<u32> {
         (self.block_tokens >= 4).then_some(self.block_tokens / 2)
+    }
+
+    /// Whether these shapes can run on a device of `caps`, as the shaders' headers require; the
+    /// error names the field and what it must be.
+    /// - reduce `subgroup` needs a fixed subgroup size, and then tpr equal to it; `shared` needs tpr a
+    ///   power of two (reduce_shared.wgsl's tree) and at most 256 invocations per workgroup;
+    /// - matvec_wg a multiple of tpr; lane_rows 1, 2 or 4, and max(lane_rows, 2) dividing the rows per
+    ///   workgroup (matvec_wg / tpr; the GLU pairs); matvec_wg / lane_rows invocations within the
+    ///   device's limit;
+    /// - block_tokens 1..=8; tiled_from at least 2 when given;
+    /// - attn_wg a power of two, 4..=256 and within the device's limit (attention.wgsl; the engine
+    ///   raises it to the model's head_dim);
+    /// - attn_split_keys, attn_max_splits, attn_split_tokens at least 1.
+    pub fn check(&self, caps: &DeviceCaps) -> std::result::Result<(), String> {
+        let max_inv = caps.max_workgroup_invocations;
+        match (self.reduce, caps.subgroup_size) {
+            (Reduce::Subgroup, None) => {
+                return Err(
+                    "reduce is \"subgroup\" but this device has no fixed subgroup size: \
+                            it must be \"shared\""
+                        .into(),
+                )
+            }
+            (Reduce::Subgroup, Some(sg)) if self.tpr != sg => {
+                return Err(format!(
+                    "tpr is {} but the subgroup reduction needs the subgroup size, {sg}",
+                    self.tpr
+                ))
+            }
+            _ => {}
+        }
+        if !self.tpr.is_power_of_two() || self.tpr > 256 {
+            return Err(format!(
+                "tpr is {}: it must be a power of two up to 256",
+                self.tpr
+            ));
+        }
+        if self.matvec_wg == 0 || !self.matvec_wg.is_multiple_of(self.tpr) {
+            return Err(format!(
+                "matvec_wg is {}: it must be a multiple of tpr ({})",
+                self.matvec_wg, self.tpr
+            ));
+        }
+        let rows = self.rows_per_wg();
+        if ![1, 2, 4].contains(&self.lane_rows) || !rows.is_multiple_of(self.lane_rows.max(2)) {
+            return Err(format!(
+                "lane_rows is {}: it must be 1, 2 or 4, and max(lane_rows, 2) must divide the {rows} \
+                 rows of a matvec workgroup (matvec_wg / tpr)",
+                self.lane_rows
+            ));
+        }
+        let inv = self.matvec_wg / self.lane_rows;
+        let inv_limit = match self.reduce {
+            Reduce::Shared => max_inv.min(256),
+            Reduce::Subgroup => max_inv,
+        };
+        if inv > inv_limit {
+            return Err(format!(
+                "matvec_wg is {}: matvec_wg / lane_rows = {inv} invocations, over the limit of \
+                 {inv_limit}",
+                self.matvec_wg
+            ));
+        }
+        if !(1..=8).contains(&self.block_tokens) {
+            return Err(format!(
+                "block_tokens is {}: it must be 1..=8",
+                self.block_tokens
+            ));
+        }
+        if let Some(t) = self.tiled_from {
+            if t < 2 {
+                return Err(format!(
+                    "tiled_from is {t}: it must be at least 2 (or null)"
+                ));
+            }
+        }
+        if !self.attn_wg.is_power_of_two() || !(4..=256.min(max_inv)).contains(&self.attn_wg) {
+            return Err(format!(
+                "attn_wg is {}: it must be a power of two from 4 to {}",
+                self.attn_wg,
+                256.min(max_inv)
+            ));
+        }
+        for (name, v) in [
+            ("attn_split_keys", self.attn_split_keys),
+            ("attn_max_splits", self.attn_max_splits),
+            ("attn_split_tokens", self.attn_split_tokens),
+        ] {
+            if v == 0 {
+                return Err(format!("{name} is 0: it must be at least 1"));
+            }
+        }
+        Ok(())
     }
 
     /// Rows per matvec workgroup.

@@ -45,6 +45,7 @@ pub mod sampler;
 pub mod scheduler;
 pub mod stop;
 pub mod tokenizer;
+pub mod tune;
 pub mod uniforms;
 pub mod weights;
 

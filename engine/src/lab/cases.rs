@@ -63,14 +63,26 @@ const QUICK_PREFILL: usize = 32;
 /// Rows of the embedding table of the embed cases (the gather's cost does not depend on it).
 const EMBED_ROWS: usize = 4096;
 
-/// The graph-driven suite on `gpu`: builds the pipelines of both prefill shapes.
+/// The graph-driven suite on `gpu` at the device's default shapes: builds the pipelines of both
+/// prefill shapes.
 pub fn suite<'g>(gpu: &'g Gpu, dims: &ModelDims) -> Result<Box<dyn Suite + 'g>> {
-    Ok(Box::new(GraphSuite::new(gpu, dims)?))
+    suite_with(gpu, dims, Shapes::for_device(&gpu.caps))
+}
+
+/// The suite with these kernel shapes (the sweep's candidates); their `tiled_from` is replaced as the
+/// prefill cases need (see [`GraphSuite`]).
+pub fn suite_with<'g>(
+    gpu: &'g Gpu,
+    dims: &ModelDims,
+    shapes: Shapes,
+) -> Result<Box<dyn Suite + 'g>> {
+    Ok(Box::new(GraphSuite::new(gpu, dims, shapes)?))
 }
 
 struct GraphSuite<'g> {
     gpu: &'g Gpu,
-    /// The device's kernel shapes, as the engine would pick them for this model.
+    /// The kernel shapes (the device's defaults, or a sweep's candidate), as the engine would adjust
+    /// them for this model.
     shapes: Shapes,
     /// Those shapes with every call of several tokens on the matvec over blocks of tokens, and with
     /// the tiled matmul from 2 tokens.
@@ -81,9 +93,8 @@ struct GraphSuite<'g> {
 }
 
 impl<'g> GraphSuite<'g> {
-    fn new(gpu: &'g Gpu, dims: &ModelDims) -> Result<Self> {
+    fn new(gpu: &'g Gpu, dims: &ModelDims, mut shapes: Shapes) -> Result<Self> {
         let t = Instant::now();
-        let mut shapes = Shapes::for_device(&gpu.caps);
         // As Model::build: one attention invocation per output dim of a head.
         shapes.attn_wg = shapes.attn_wg.max(dims.head_dim.next_power_of_two() as u32);
         let with_tiled = |from| {

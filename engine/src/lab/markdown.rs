@@ -119,9 +119,17 @@ fn row(r: &LabReport, c: &CaseReport) -> Vec<String> {
     let timed = !c.rep_ns.is_empty();
     let or_dash = |s: String| if timed { s } else { "-".into() };
     let gbs = c.gb_s();
+    // A swept row: its launch shapes after the variant.
+    let variant = match &c.launch {
+        None => c.variant.clone(),
+        Some(l) => {
+            let l: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            super::case::join_key(&[&c.variant, &format!("[{}]", l.join(" "))])
+        }
+    };
     vec![
         c.kernel.clone(),
-        c.variant.clone(),
+        variant,
         c.shape.clone(),
         c.ty.clone(),
         or_dash(fmt_time(c.ns_per_call)),

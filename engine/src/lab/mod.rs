@@ -49,11 +49,13 @@ pub mod plot;
 pub mod probes;
 pub mod report;
 pub mod runner;
+pub mod sweep;
 pub mod timing;
 
 pub use dims::ModelDims;
 pub use report::{CaseReport, LabReport};
 pub use runner::{run_lab, Event, LabOptions, Mode};
+pub use sweep::run_sweep;
 
 /// Every WGSL module the lab builds itself (its probes), by name, for the naga validation test.
 pub fn shader_modules() -> Vec<(String, String)> {

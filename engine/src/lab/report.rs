@@ -24,7 +24,11 @@
 //!                "bytes", "flops", "first_run_ns", "calls_per_rep", "rep_ns": [every timed rep],
 //!                "ns_per_call": median of rep_ns / calls_per_rep, "sd_ns",
 //!                "check": { "ok", "worst": fraction of the tolerance | null, "error": text | null } } ],
-//!   "interrupted": bool, "elapsed_s": f64
+//!   "interrupted": bool, "elapsed_s": f64,
+//!   "sweep": (only with --sweep) { "default": {shapes}, "chosen": {shapes}, "margin": f64,
+//!             "parameters": [ { "parameter", "default", "chosen", "note": text | null,
+//!                               "candidates": [ { "value", "launch": {NAME: u32}, "cases", "total_ns",
+//!                                                 "ok", "error": text | null } ] } ] }
 //! }
 //! ```
 //!
@@ -73,6 +77,10 @@ pub struct LabReport {
     #[serde(default)]
     pub interrupted: bool,
     pub elapsed_s: f64,
+    /// `--sweep`: the launch shapes tried per parameter and the ones chosen (the cases are the swept
+    /// rows, each with its `launch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<super::sweep::SweepReport>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -87,6 +87,8 @@ pub enum Event<'a> {
         total: usize,
         case: &'a CaseReport,
     },
+    /// A step of a sweep (a candidate started, a parameter chosen).
+    Sweep(String),
     /// Stopped by the stop flag after `done` of `total` cases.
     Interrupted { done: usize, total: usize },
 }
@@ -99,6 +101,7 @@ impl Event<'_> {
             Event::Probe(s) => s.clone(),
             Event::Cases(n) => format!("{n} cases"),
             Event::Note(s) => format!("note: {s}"),
+            Event::Sweep(s) => format!("sweep {s}"),
             Event::Case { index, total, case } => {
                 let width = total.to_string().len();
                 let timing = if case.rep_ns.is_empty() {
@@ -127,7 +130,7 @@ impl Event<'_> {
     }
 }
 
-fn wanted(filter: Option<&str>, id: &CaseId) -> bool {
+pub(super) fn wanted(filter: Option<&str>, id: &CaseId) -> bool {
     filter.is_none_or(|f| id.key().contains(f))
 }
 
@@ -145,19 +148,7 @@ pub fn run_lab(
     let timer = Timer::new(&gpu);
     let suite = cases::suite(&gpu, &opts.dims)?;
 
-    let quick = opts.mode == Mode::Quick;
-    let reps = if quick { 3 } else { 5 };
-    let copy = probes::copy(&gpu, &timer, reps)?;
-    progress(Event::Probe(format!(
-        "copy bandwidth {:.2} GB/s",
-        copy.gb_s()
-    )));
-    let peak_flops = probes::peak_flops(&gpu, &timer, reps, if quick { 20e6 } else { 100e6 })?;
-    progress(Event::Probe(format!(
-        "peak {:.2} GFLOP/s",
-        peak_flops.gflop_s()
-    )));
-    let empty_bracket = probes::empty_bracket(&timer, reps)?;
+    let probes = probe_all(&gpu, &timer, opts.mode, progress)?;
 
     let filter = opts.filter.as_deref();
     let (defs, skipped) = suite.cases(opts.mode, &opts.dims);
@@ -208,15 +199,39 @@ pub fn run_lab(
         clock: timer.report(),
         kernel_shapes: suite.kernel_shapes(),
         pipelines_ms: suite.pipelines_ms(),
-        probes: Probes {
-            copy,
-            peak_flops,
-            empty_bracket,
-        },
+        probes,
         notes,
         cases,
         interrupted,
         elapsed_s: t_start.elapsed().as_secs_f64(),
+        sweep: None,
+    })
+}
+
+/// The device's ceilings: copy bandwidth, peak FLOP/s, the empty timing bracket.
+pub(super) fn probe_all(
+    gpu: &Gpu,
+    timer: &Timer,
+    mode: Mode,
+    progress: &mut dyn FnMut(Event<'_>),
+) -> Result<Probes> {
+    let quick = mode == Mode::Quick;
+    let reps = if quick { 3 } else { 5 };
+    let copy = probes::copy(gpu, timer, reps)?;
+    progress(Event::Probe(format!(
+        "copy bandwidth {:.2} GB/s",
+        copy.gb_s()
+    )));
+    let peak_flops = probes::peak_flops(gpu, timer, reps, if quick { 20e6 } else { 100e6 })?;
+    progress(Event::Probe(format!(
+        "peak {:.2} GFLOP/s",
+        peak_flops.gflop_s()
+    )));
+    let empty_bracket = probes::empty_bracket(timer, reps)?;
+    Ok(Probes {
+        copy,
+        peak_flops,
+        empty_bracket,
     })
 }
 
@@ -230,7 +245,12 @@ struct Timed {
 
 /// Build, validate and time one case; a case that cannot be built or run is a failed row. The flag:
 /// the stop flag cut its repetitions short.
-fn measure(def: CaseDef<'_>, timer: &Timer, mode: Mode, stop: &AtomicBool) -> (CaseReport, bool) {
+pub(super) fn measure(
+    def: CaseDef<'_>,
+    timer: &Timer,
+    mode: Mode,
+    stop: &AtomicBool,
+) -> (CaseReport, bool) {
     let CaseDef { id, build } = def;
     let mut row = CaseReport {
         kernel: id.kernel,
