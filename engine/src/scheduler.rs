@@ -895,8 +895,8 @@ impl<'t, 's, M: BatchModel> Loop<'t, 's, M> {
             let tail = match a.decoder.as_mut().map(|d| d.finish()) {
                 Some(Ok(t)) => t,
                 Some(Err(e)) => {
-                    a.req.client.send(Event::Error(e.to_string()));
                     add(&self.shared.metrics.requests_failed, 1);
+                    a.req.client.send(Event::Error(e.to_string()));
                     return;
                 }
                 None => String::new(),
@@ -909,6 +909,8 @@ impl<'t, 's, M: BatchModel> Loop<'t, 's, M> {
                 text.push_str(&a.filter.finish());
             }
         }
+        // Counted before the client hears of it, so that metrics read after the last event agree.
+        add(&self.shared.metrics.requests_finished, 1);
         a.req.client.send(Event::Done {
             finish_reason: reason,
             text,
@@ -918,15 +920,14 @@ impl<'t, 's, M: BatchModel> Loop<'t, 's, M> {
                 completion_tokens: a.generated,
             },
         });
-        add(&self.shared.metrics.requests_finished, 1);
     }
 
     fn fail(&mut self, slot: usize, msg: &str) {
         if let Some(mut a) = self.release(slot) {
             // Its cache may hold a half-written step: forget it.
             self.model.truncate_slot(slot, 0);
-            a.req.client.send(Event::Error(msg.to_string()));
             add(&self.shared.metrics.requests_failed, 1);
+            a.req.client.send(Event::Error(msg.to_string()));
         }
     }
 
@@ -1137,7 +1138,13 @@ mod tests {
                 }
             );
         }
-        let m = s.metrics();
+        // The step's token count is added once every event of the step is sent: wait (bounded) for it.
+        let t0 = std::time::Instant::now();
+        let mut m = s.metrics();
+        while m.generated_tokens_total < 30 && t0.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            m = s.metrics();
+        }
         assert_eq!((m.requests_total, m.requests_finished), (5, 5));
         assert_eq!(m.generated_tokens_total, 30);
         assert_eq!(m.busy_slots, 0);
