@@ -311,10 +311,10 @@ EOF
     echo "- load average at end (1, 5, 15 min): $(load); report took $(( $(date +%s) - T0 )) s"
 } >> "$R_FILE"
 
-# The "## Tuning" section is measured by hand (its commands are in it; a sweep takes minutes): kept as
-# it is, at the end.
+# The sections measured by hand (their commands are in them: a sweep, depths, load times, the
+# half-block lab rows) are kept as they are, at the end.
 if [ -f "$OUT" ]; then
-    awk '/^## / { p = ($0 ~ /^## Tuning/) } p' "$OUT" > "$TMP/tuning.md"
+    awk '/^## / { p = ($0 ~ /^## (Tuning|Long context|Load time|Batched decode)/) } p' "$OUT" > "$TMP/tuning.md"
     if [ -s "$TMP/tuning.md" ]; then
         echo >> "$R_FILE"
         cat "$TMP/tuning.md" >> "$R_FILE"

@@ -111,7 +111,7 @@ fn bad_flags_and_files_fail_before_loading() {
         ),
         (
             run(&["--quant", "q2_k"]),
-            vec!["'q2_k' is not one of q8_0, q4_0, q4_k, f16"],
+            vec!["'q2_k' is not one of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k"],
         ),
         (
             run(&["-n", "abc"]),
