@@ -104,8 +104,9 @@ pub fn cache_dir() -> Option<PathBuf> {
         .or_else(|| var("HOME").map(|p| p.join(".cache").join("glint")))
 }
 
-/// FNV-1a over bytes (the pipeline cache file's shader hash).
-fn fnv1a(parts: &[&[u8]]) -> u64 {
+/// 64-bit FNV-1a over the bytes of `parts`, in order (the pipeline cache file's shader hash, the lab's
+/// device fingerprint).
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for p in parts {
         for &b in *p {

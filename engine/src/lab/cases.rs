@@ -142,14 +142,10 @@ impl<'g> GraphSuite<'g> {
                     .collect()
             }
         };
-        let hm = HostMatrix {
-            name: "w".into(),
-            format: f,
-            rows,
-            cols,
-            data: Cow::Owned(bytes),
-        };
-        Ok((Matrix::upload(self.gpu, &hm)?, seen))
+        Ok((
+            Matrix::upload(self.gpu, &host_matrix(f, rows, cols, bytes))?,
+            seen,
+        ))
     }
 
     /// Why the type cannot run at rows of `cols` elements, if it cannot.
@@ -163,14 +159,7 @@ impl<'g> GraphSuite<'g> {
     ) -> (HostMatrix<'static>, Vec<f32>) {
         let bytes = r::encode_weights(f, host);
         let seen = r::decode_weights(f, &bytes);
-        let hm = HostMatrix {
-            name: "w".into(),
-            format: f,
-            rows,
-            cols,
-            data: Cow::Owned(bytes),
-        };
-        (hm, seen)
+        (host_matrix(f, rows, cols, bytes), seen)
     }
 
     /// An f32 buffer holding `v` as cache elements of `kv`, and the values the kernels read from it.
@@ -253,6 +242,17 @@ fn def<'s>(id: CaseId, build: impl FnOnce() -> Result<GraphCase<'s>> + 's) -> Ca
     CaseDef {
         id,
         build: Box::new(move || Ok(Box::new(build()?) as Box<dyn Workload + 's>)),
+    }
+}
+
+/// A [rows, cols] host matrix of `bytes` in the GPU layout of `f`.
+fn host_matrix(f: QuantType, rows: usize, cols: usize, bytes: Vec<u8>) -> HostMatrix<'static> {
+    HostMatrix {
+        name: "w".into(),
+        format: f,
+        rows,
+        cols,
+        data: Cow::Owned(bytes),
     }
 }
 

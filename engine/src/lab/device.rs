@@ -36,12 +36,7 @@ pub fn fingerprint(
         backend,
     ]
     .join("\0");
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", crate::gpu::fnv1a(&[text.as_bytes()]))
 }
 
 impl DeviceReport {
