@@ -292,8 +292,9 @@ fn drop_oldest_turn(history: &mut Vec<Message>) -> usize {
 }
 
 fn stats(model: &Model, history: &[Message], last: &Last) -> String {
+    let live = model.gpu.live_buffers();
     format!(
-        "(context: {} of {} tokens in the cache; {} message(s) in the conversation\n last answer: prompt {} tokens of which {} reused from the cache, computed at {:.1} tok/s; {} tokens generated at {:.2} tok/s)",
+        "(context: {} of {} tokens in the cache; {} message(s) in the conversation\n last answer: prompt {} tokens of which {} reused from the cache, computed at {:.1} tok/s; {} tokens generated at {:.2} tok/s\n GPU: {} buffers alive, {} bytes bound)",
         model.position(),
         model.ctx_size(),
         history.len(),
@@ -301,7 +302,9 @@ fn stats(model: &Model, history: &[Message], last: &Last) -> String {
         last.reused_tokens,
         last.prompt_tok_s,
         last.generated,
-        last.decode_tok_s
+        last.decode_tok_s,
+        live.buffers,
+        live.bytes,
     )
 }
 

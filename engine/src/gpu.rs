@@ -81,6 +81,14 @@ pub struct Gpu {
     fault: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
+/// Buffers alive on the device now ([`Gpu::live_buffers`]).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct LiveBuffers {
+    pub buffers: u64,
+    /// Device memory bound to them (allocator granularity included).
+    pub bytes: u64,
+}
+
 /// A `wgpu::PipelineCache` and the file it was read from and is saved to: in the user cache directory
 /// ([`cache_dir`]), named by wgpu's adapter key (vendor and device), glint's version and a hash of every
 /// shader's source, so a driver, device or shader change starts a fresh file. wgpu checks the file's
@@ -457,6 +465,18 @@ impl Gpu {
     /// Bytes allocated in buffers so far (weights, KV cache, activations, uniforms).
     pub fn allocated_bytes(&self) -> u64 {
         self.allocated.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// What the device holds now, as wgpu's own counters see it (its `counters` feature): live
+    /// buffers and the bytes of device memory bound to them. Unlike [`Gpu::allocated_bytes`], which
+    /// only grows, these fall when a buffer is dropped, so a leak shows as growth over a long run.
+    /// Backends whose allocator keeps no count (GL) report 0 bytes.
+    pub fn live_buffers(&self) -> LiveBuffers {
+        let hal = self.device.get_internal_counters().hal;
+        LiveBuffers {
+            buffers: hal.buffers.read().max(0) as u64,
+            bytes: hal.buffer_memory.read().max(0) as u64,
+        }
     }
 
     fn count(&self, bytes: u64) {

@@ -28,6 +28,7 @@
 use crate::chat::ChatTemplate;
 use crate::engine::{FinishReason, Logprobs, Model, Sampled, SeqSample, SeqStep, MAX_TOP_LOGPROBS};
 use crate::error::{Error, Result};
+use crate::gpu::LiveBuffers;
 use crate::sampler::{SamplingParams, SeededRng};
 use crate::stop::StopFilter;
 use crate::tokenizer::{StreamDecoder, Tokenizer};
@@ -45,6 +46,10 @@ pub trait BatchModel {
     fn slot_ids(&self, slot: usize) -> &[u32];
     fn truncate_slot(&mut self, slot: usize, len: usize);
     fn step(&mut self, seqs: &[SeqStep]) -> Result<Vec<Option<Sampled>>>;
+    /// The device's live buffers (for /metrics); none by default.
+    fn live_buffers(&self) -> LiveBuffers {
+        LiveBuffers::default()
+    }
 }
 
 impl BatchModel for Model {
@@ -70,6 +75,9 @@ impl BatchModel for Model {
     }
     fn step(&mut self, seqs: &[SeqStep]) -> Result<Vec<Option<Sampled>>> {
         Model::step(self, seqs)
+    }
+    fn live_buffers(&self) -> LiveBuffers {
+        self.gpu.live_buffers()
     }
 }
 
@@ -249,6 +257,10 @@ pub struct MetricsSnapshot {
     pub busy_slots: usize,
     pub n_slots: usize,
     pub queue_length: usize,
+    /// Buffers alive on the device and the memory bound to them, after the last step: flat over a
+    /// long run unless something leaks.
+    pub gpu_buffers: u64,
+    pub gpu_buffer_bytes: u64,
 }
 
 /// The [`Event::Error`] message of requests ended by [`Scheduler::shutdown`].
@@ -269,6 +281,9 @@ struct Metrics {
     generated_tokens_total: AtomicU64,
     steps_total: AtomicU64,
     step_micros_total: AtomicU64,
+    /// The device's live buffers after the last step ([`crate::gpu::Gpu::live_buffers`]).
+    gpu_buffers: AtomicU64,
+    gpu_buffer_bytes: AtomicU64,
     /// (end of a step, tokens it generated), for the last RATE_WINDOW.
     recent: Mutex<VecDeque<(Instant, u64)>>,
 }
@@ -437,6 +452,8 @@ impl Scheduler {
             busy_slots: self.shared.busy.load(Ordering::SeqCst),
             n_slots,
             queue_length: self.shared.pending.load(Ordering::SeqCst),
+            gpu_buffers: get(&m.gpu_buffers),
+            gpu_buffer_bytes: get(&m.gpu_buffer_bytes),
         }
     }
 
@@ -582,6 +599,15 @@ impl<'t, 's, M: BatchModel> Loop<'t, 's, M> {
             .min(info.max_batch)
             .max(n + 1)
             .min(info.max_batch);
+        let live = model.live_buffers();
+        shared
+            .metrics
+            .gpu_buffers
+            .store(live.buffers, Ordering::Relaxed);
+        shared
+            .metrics
+            .gpu_buffer_bytes
+            .store(live.bytes, Ordering::Relaxed);
         Loop {
             model,
             tok,
@@ -822,6 +848,9 @@ impl<'t, 's, M: BatchModel> Loop<'t, 's, M> {
         let m = &self.shared.metrics;
         add(&m.steps_total, 1);
         add(&m.step_micros_total, t0.elapsed().as_micros() as usize);
+        let live = self.model.live_buffers();
+        m.gpu_buffers.store(live.buffers, Ordering::Relaxed);
+        m.gpu_buffer_bytes.store(live.bytes, Ordering::Relaxed);
         let mut generated = 0;
         for (p, s) in parts.iter().zip(out) {
             if let Some(a) = self.slots[p.slot].as_mut() {

@@ -238,6 +238,18 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         "Requests waiting for a slot.",
         m.queue_length.to_string(),
     );
+    put(
+        "gpu_buffers",
+        "gauge",
+        "Buffers alive on the device after the last step.",
+        m.gpu_buffers.to_string(),
+    );
+    put(
+        "gpu_buffer_bytes",
+        "gauge",
+        "Device memory bound to those buffers (0 where the backend keeps no count).",
+        m.gpu_buffer_bytes.to_string(),
+    );
     (
         [(
             header::CONTENT_TYPE,
