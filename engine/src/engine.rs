@@ -579,6 +579,13 @@ impl Model {
         stop_ids.sort();
         stop_ids.dedup();
         let lap = Instant::now();
+        // The pipelines the forward needs, compiled in parallel, then the graph over them.
+        let keys = {
+            let mut g = Graph::probe(&gpu, &kernels, &steps, &dummy);
+            net.forward(&mut g, &acts, &kv, n_valid);
+            g.probed()
+        };
+        kernels.prebuild(&keys)?;
         let plan = {
             let mut g = Graph::new(&gpu, &kernels, &steps, &dummy);
             net.forward(&mut g, &acts, &kv, n_valid);
@@ -624,10 +631,14 @@ impl Model {
             load_times,
             source: path.to_path_buf(),
         };
+        // The uploads queued by write_buffer run at the next submit: run them now, inside the load.
+        let lap = Instant::now();
+        m.gpu.queue.submit([]);
         m.gpu
             .device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| Error::Gpu(format!("poll: {e}")))?;
+        m.load_times.weights_ms += lap.elapsed().as_secs_f64() * 1e3;
         m.gpu.save_pipeline_cache();
         m.load_ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(m)

@@ -12,7 +12,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::{Kernels, KvType, LinearKernel, LinearSpec};
+use crate::kernels::{Kernels, KvType, LinearKernel, LinearSpec, PipelineKey};
 use crate::uniforms::{
     ArgmaxParams, AttnParams, EmbedParams, EwParams, MatParams, NormParams, RopeParams, Step,
     LINEAR_ACCUMULATE, LINEAR_BIAS,
@@ -332,6 +332,8 @@ pub struct Graph<'a> {
     plan: Plan,
     /// The first pipeline that could not be built (reported by `finish`).
     error: Option<Error>,
+    /// [`Graph::probe`]: the pipelines the forward asks for, none built and no step recorded for them.
+    probed: Option<Vec<PipelineKey>>,
 }
 
 impl<'a> Graph<'a> {
@@ -348,7 +350,27 @@ impl<'a> Graph<'a> {
             dummy,
             plan: Plan::default(),
             error: None,
+            probed: None,
         }
+    }
+
+    /// A graph that only lists the pipelines a forward needs ([`Graph::probed`]), so that they can be
+    /// compiled all at once in parallel ([`Kernels::prebuild`]) before the real graph is built.
+    pub fn probe(
+        gpu: &'a Gpu,
+        k: &'a Kernels,
+        steps: &'a StepBuffers,
+        dummy: &'a wgpu::Buffer,
+    ) -> Self {
+        Graph {
+            probed: Some(Vec::new()),
+            ..Self::new(gpu, k, steps, dummy)
+        }
+    }
+
+    /// The pipelines a probing graph was asked for, in order (repeats included).
+    pub fn probed(self) -> Vec<PipelineKey> {
+        self.probed.unwrap_or_default()
     }
 
     /// The plan, or the error of the first pipeline that could not be built.
@@ -359,12 +381,14 @@ impl<'a> Graph<'a> {
         }
     }
 
-    /// A pipeline from the kernels, or None with the error kept for `finish`.
-    fn pipeline(
-        &mut self,
-        get: impl FnOnce(&Kernels) -> Result<wgpu::ComputePipeline>,
-    ) -> Option<wgpu::ComputePipeline> {
-        match get(self.k) {
+    /// A pipeline from the kernels, or None with the error kept for `finish` (None when probing,
+    /// the key noted).
+    fn pipeline(&mut self, key: PipelineKey) -> Option<wgpu::ComputePipeline> {
+        if let Some(keys) = self.probed.as_mut() {
+            keys.push(key);
+            return None;
+        }
+        match self.k.get(key) {
             Ok(p) => Some(p),
             Err(e) => {
                 self.error.get_or_insert(e);
@@ -428,6 +452,9 @@ impl<'a> Graph<'a> {
 
     /// out[t, :] = table[tokens[t], :]
     pub fn embed(&mut self, table: &Matrix, tokens: &wgpu::Buffer, out: &wgpu::Buffer) {
+        let Some(pl) = self.pipeline(PipelineKey::Embed(table.format)) else {
+            return;
+        };
         for c in &table.chunks {
             let p = self.uniform(
                 "embed",
@@ -439,9 +466,6 @@ impl<'a> Graph<'a> {
                 },
             );
             let grid = Grid::PerRow((table.cols as u32).div_ceil(64), Count::Tokens);
-            let Some(pl) = self.pipeline(|k| k.embed(table.format)) else {
-                return;
-            };
             let step = self.step(Count::Tokens);
             self.dispatch(
                 "embed",
@@ -611,6 +635,7 @@ impl<'a> Graph<'a> {
             LinearKernel::Tiled,
         ];
         let mut pipes = vec![];
+        let mut missing = false;
         for k in kernels {
             let absent = match k {
                 LinearKernel::Tiled => shapes.tiled_from.is_none(),
@@ -621,10 +646,13 @@ impl<'a> Graph<'a> {
                 pipes.push(None);
                 continue;
             }
-            match self.pipeline(|ks| ks.linear(k, spec)) {
-                Some(p) => pipes.push(Some(p)),
-                None => return,
-            }
+            // Every variant asked for (a probe lists them all), then the op given up if one is missing.
+            let p = self.pipeline(PipelineKey::Linear(k, spec));
+            missing |= p.is_none();
+            pipes.push(p);
+        }
+        if missing {
+            return;
         }
         for c in &w.chunks {
             let p = self.uniform(
@@ -716,7 +744,10 @@ impl<'a> Graph<'a> {
             None => (self.dummy, self.dummy),
         };
         let kv = cache.kv_type;
-        let Some(pl) = self.pipeline(|k| k.rope_store(qk_norm.is_some(), kv)) else {
+        let Some(pl) = self.pipeline(PipelineKey::RopeStore {
+            qk_norm: qk_norm.is_some(),
+            kv,
+        }) else {
             return;
         };
         let step = self.step(Count::Tokens);
@@ -763,8 +794,8 @@ impl<'a> Graph<'a> {
         );
         let kv = cache.kv_type;
         let (Some(pl), Some(reduce)) = (
-            self.pipeline(|k| k.attention(kv)),
-            self.pipeline(|k| k.attention_reduce()),
+            self.pipeline(PipelineKey::Attention(kv)),
+            self.pipeline(PipelineKey::AttentionReduce),
         ) else {
             return;
         };

@@ -400,8 +400,9 @@ impl KvType {
     }
 }
 
+/// One compute pipeline the graph can ask for (what [`Kernels`] caches them by).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
-enum PipelineKey {
+pub enum PipelineKey {
     Linear(LinearKernel, LinearSpec),
     Embed(QuantType),
     RopeStore { qk_norm: bool, kv: KvType },
@@ -547,7 +548,46 @@ impl Kernels {
         self.get(PipelineKey::AttentionReduce)
     }
 
-    fn get(&self, key: PipelineKey) -> Result<wgpu::ComputePipeline> {
+    /// Build every pipeline of `keys` not built yet, on as many threads as the machine has cores
+    /// (drivers compile pipelines independently; wgpu's error scopes are per thread), so that a load
+    /// waits for the slowest share rather than the sum. The graph then finds them all cached.
+    pub fn prebuild(&self, keys: &[PipelineKey]) -> Result<()> {
+        let mut todo: Vec<PipelineKey> = Vec::new();
+        {
+            let cache = self.cache.lock().expect("pipeline cache");
+            for k in keys {
+                if !cache.contains_key(k) && !todo.contains(k) {
+                    todo.push(*k);
+                }
+            }
+        }
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(todo.len());
+        if threads <= 1 {
+            return todo.iter().try_for_each(|&k| self.get(k).map(drop));
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let first_error = Mutex::new(None);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(&k) = todo.get(i) else { break };
+                    if let Err(e) = self.get(k) {
+                        first_error.lock().expect("prebuild error").get_or_insert(e);
+                        break;
+                    }
+                });
+            }
+        });
+        match first_error.into_inner().expect("prebuild error") {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn get(&self, key: PipelineKey) -> Result<wgpu::ComputePipeline> {
         if let Some(p) = self.cache.lock().expect("pipeline cache").get(&key) {
             return Ok(p.clone());
         }
