@@ -307,6 +307,9 @@ pub struct Model {
     sampler: GpuSampler,
     /// The log-probability kernel of [`Model::score`] (perplexity.rs), built on first use.
     pub(crate) scorer: Option<crate::logprobs::LogprobKernel>,
+    /// The same kernel for [`Model::output_logprobs`] (one row per output, up to 20 alternatives),
+    /// built the first time a request asks for log-probabilities.
+    step_logprobs: std::sync::OnceLock<crate::logprobs::LogprobKernel>,
     n_valid: usize,
     /// Per slot, the ids whose keys and values are in its region of the KV cache, in order.
     slots: Vec<Vec<u32>>,
@@ -625,6 +628,7 @@ impl Model {
             readback,
             sampler,
             scorer: None,
+            step_logprobs: std::sync::OnceLock::new(),
             n_valid,
             slots: vec![Vec::new(); n_slots],
             load_ms: 0.0,
@@ -904,32 +908,64 @@ impl Model {
     }
 
     /// Log-probabilities of the latest call's outputs: for each `(output row, chosen id, top n)`, the
-    /// chosen id's and the `n` most likely ids' ([`Logprobs::from_logits`]).
+    /// chosen id's and the `n` most likely ids'.
     ///
-    /// For now this reads each asked row of `acts.logits` (`[max_out, vocab]` f32) back and computes
-    /// the log-softmax and top-n on the CPU: a `vocab * 4`-byte read per row that asks (600 KB for
-    /// Qwen2), paid only by requests that want logprobs. The lead moves it onto the GPU log-softmax /
-    /// top-k kernel of `glint perplexity` (shaders/logprobs.wgsl) when merging, so that only the top-n
-    /// come back; callers keep this signature.
+    /// On the GPU (shaders/logprobs.wgsl, the kernel of `glint perplexity`): one dispatch over the
+    /// output rows up to the last one asked, each row's log-softmax reduced there, and only the chosen
+    /// id's log-probability and the top n come back (a few hundred bytes, not the `vocab * 4` bytes of
+    /// a row of logits). A row whose logits hold a NaN (the softmax is then undefined) is read back
+    /// and done on the CPU by [`Logprobs::from_logits`], which counts NaN as -inf.
     pub fn output_logprobs(&self, rows: &[(usize, u32, usize)]) -> Result<Vec<Logprobs>> {
+        for &(row, _, n) in rows {
+            if row >= self.acts.max_out {
+                return Err(Error::Input(format!(
+                    "output row {row} does not exist ({} rows)",
+                    self.acts.max_out
+                )));
+            }
+            if n > MAX_TOP_LOGPROBS {
+                return Err(Error::Input(format!(
+                    "top_logprobs = {n}, expected at most {MAX_TOP_LOGPROBS}"
+                )));
+            }
+        }
+        let Some(last) = rows.iter().map(|r| r.0).max() else {
+            return Ok(Vec::new());
+        };
+        let kernel = match self.step_logprobs.get() {
+            Some(k) => k,
+            None => {
+                let k = crate::logprobs::LogprobKernel::new(&self.gpu, self.acts.max_out, 1)?;
+                self.step_logprobs.get_or_init(|| k)
+            }
+        };
         let vocab = self.cfg.vocab;
+        let n_rows = last + 1;
+        // Every row up to the last asked goes through the kernel (rows are few: at most the outputs
+        // of one call); a row not asked requests id 0 and is ignored.
+        let mut req = vec![0u32; n_rows];
+        for &(row, chosen, _) in rows {
+            req[row] = chosen;
+        }
+        let spec = crate::logprobs::LogprobSpec {
+            n_valid: self.n_valid,
+            n_req: 1,
+            top_k: rows.iter().map(|r| r.2).max().unwrap_or(0),
+        };
+        let got = kernel.run(&self.gpu, &self.acts.logits, vocab, n_rows, &spec, &req)?;
         rows.iter()
             .map(|&(row, chosen, n)| {
-                if row >= self.acts.max_out {
-                    return Err(Error::Input(format!(
-                        "output row {row} does not exist ({} rows)",
-                        self.acts.max_out
-                    )));
+                let g = &got[row];
+                if !g.log_sum_exp.is_finite() {
+                    let logits = self
+                        .gpu
+                        .read_f32(&self.acts.logits, (row * vocab) as u64, vocab)?;
+                    return Ok(Logprobs::from_logits(&logits, self.n_valid, chosen, n));
                 }
-                if n > MAX_TOP_LOGPROBS {
-                    return Err(Error::Input(format!(
-                        "top_logprobs = {n}, expected at most {MAX_TOP_LOGPROBS}"
-                    )));
-                }
-                let logits = self
-                    .gpu
-                    .read_f32(&self.acts.logits, (row * vocab) as u64, vocab)?;
-                Ok(Logprobs::from_logits(&logits, self.n_valid, chosen, n))
+                Ok(Logprobs {
+                    chosen: g.requested[0],
+                    top: g.top.iter().take(n).map(|t| (t.id, t.logprob)).collect(),
+                })
             })
             .collect()
     }
