@@ -208,7 +208,7 @@ impl std::fmt::Display for SubmitError {
             SubmitError::Loading => write!(f, "the model is still loading"),
             SubmitError::QueueFull { max_queue } => write!(
                 f,
-                "the server is busy: every slot is in use and {max_queue} requests already wait; retry later"
+                "the server is busy: every slot is in use and {max_queue} request(s) already wait in the queue (--queue-size); retry later"
             ),
             SubmitError::PromptTooLong { tokens, ctx_size } => write!(
                 f,

@@ -8,13 +8,14 @@
 //! scheduler and exits 0.
 
 mod openai;
+mod request;
 mod routes;
 
 use crate::generate::{load_path, ModelArgs};
 use clap::Args;
 use glint::scheduler::{Scheduler, SchedulerOptions};
 use glint::LoadOptions;
-use openai::ApiError;
+use request::ApiError;
 use std::future::IntoFuture;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,10 +1,8 @@
 //! The endpoints: request in, [`Request`] to the scheduler, its events out as one JSON answer or as
 //! server-sent events.
 
-use super::openai::{
-    chat_logprob, check_top, completion_logprobs, parse, usage_json, ApiError, ChatFields, Common,
-    CompletionFields, Prompt,
-};
+use super::openai::{chat_logprob, completion_logprobs, usage_json};
+use super::request::{chat_request, completion_request, parse, ApiError, Common, PromptInput};
 use super::App;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -371,12 +369,7 @@ async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) 
     let r = async {
         let body = body.map_err(body_error)?;
         let info = ready(&app)?;
-        let common: Common = parse(&body)?;
-        let fields: ChatFields = parse(&body)?;
-        common.check()?;
-        app.check_model(common.model.as_deref())?;
-        let messages = fields.messages()?;
-        let top = fields.top_logprobs()?;
+        let req = chat_request(&body, |m| app.check_model(m))?;
         let tpl = info.template.as_ref().ok_or_else(|| {
             ApiError::field(
                 "messages",
@@ -384,12 +377,21 @@ async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) 
             )
         })?;
         let text = tpl
-            .render(&messages, true)
+            .render(&req.messages, true)
             .map_err(|e| ApiError::field("messages", e.to_string()))?;
         let ids = tokenizer(&info)?
             .encode(&text)
             .map_err(|e| ApiError::field("messages", e.to_string()))?;
-        start(&app, &info, Kind::Chat, ids, &common, top).await
+        start(
+            &app,
+            &info,
+            Kind::Chat,
+            ids,
+            &req.common,
+            req.top_logprobs,
+            req.stops,
+        )
+        .await
     };
     r.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -398,26 +400,21 @@ async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejec
     let r = async {
         let body = body.map_err(body_error)?;
         let info = ready(&app)?;
-        let common: Common = parse(&body)?;
-        let fields: CompletionFields = parse(&body)?;
-        common.check()?;
-        app.check_model(common.model.as_deref())?;
-        let top = fields
-            .logprobs
-            .map(|n| check_top(n, "logprobs"))
-            .transpose()?;
-        let ids = match fields.prompt {
-            Prompt::Ids(ids) => ids,
-            Prompt::Text(t) => encode(&info, &t)?,
-            Prompt::Texts(v) if v.len() == 1 => encode(&info, &v[0])?,
-            Prompt::Texts(v) => {
-                return Err(ApiError::field(
-                    "prompt",
-                    format!("{} prompts in one request; send one (n = 1)", v.len()),
-                ))
-            }
+        let req = completion_request(&body, |m| app.check_model(m))?;
+        let ids = match req.prompt {
+            PromptInput::Ids(ids) => ids,
+            PromptInput::Text(t) => encode(&info, &t)?,
         };
-        start(&app, &info, Kind::Completion, ids, &common, top).await
+        start(
+            &app,
+            &info,
+            Kind::Completion,
+            ids,
+            &req.common,
+            req.top_logprobs,
+            req.stops,
+        )
+        .await
     };
     r.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -590,6 +587,7 @@ async fn start(
     prompt: Vec<u32>,
     common: &Common,
     top_logprobs: Option<usize>,
+    stop: Vec<String>,
 ) -> Result<Response, ApiError> {
     let prompt_param = match kind {
         Kind::Chat => "messages",
@@ -605,7 +603,7 @@ async fn start(
         prompt,
         params,
         max_tokens,
-        stop: common.stops()?,
+        stop,
         top_logprobs,
         client: Box::new(Channel(tx)),
     };
