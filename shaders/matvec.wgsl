@@ -24,8 +24,9 @@
 // consecutive rows, striding over their 8-element groups (each x load serves RPI rows and each weight
 // load TOK tokens), then `row_sum` combines the TPR partial sums. Grid: (row groups, laid out 2-D past
 // 65535, ceil(n / TOK)).
-// Shared structs and WFMT_* codes come from the prelude (engine/src/uniforms.rs). Needs `row_sum` from
-// reduce_subgroup.wgsl or reduce_shared.wgsl, appended at pipeline creation.
+// Shared structs and WFMT_* codes come from the prelude (engine/src/uniforms.rs). Needs, appended at
+// pipeline creation, `linear_epilogue` (linear_epilogue.wgsl: the store, shared with matvec_quant.wgsl)
+// and `row_sum` from reduce_subgroup.wgsl or reduce_shared.wgsl.
 
 override WFMT: u32 = WFMT_F32;
 override WFMT2: u32 = WFMT_F32;
@@ -147,41 +148,5 @@ fn matvec(
             accumulate(WFMT, 0u, 0u, r0, lane);
         }
     }
-    var inv = array<f32, 8>(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0);
-    if NORM {
-        for (var t = 0u; t < TOK; t = t + 1u) {
-            inv[t] = inverseSqrt(row_sum(ss[t], lid) / f32(p.cols) + p.eps);
-        }
-    }
-    for (var rr = 0u; rr < RPI; rr = rr + 1u) {
-        let r = r0 + rr;
-        for (var t = 0u; t < TOK; t = t + 1u) {
-            let s = row_sum(acc[rr * TOK + t], lid) * inv[t];
-            acc[rr * TOK + t] = s;
-            if !GLU && r < p.rows && lane == 0u && t < n_tok {
-                let o = (t0 + t) * p.y_stride + p.y_offset + p.row_offset + r;
-                var v = s;
-                if (p.flags & LINEAR_BIAS) != 0u {
-                    v = v + bias[p.row_offset + r];
-                }
-                if (p.flags & LINEAR_ACCUMULATE) != 0u {
-                    v = v + y[o];
-                }
-                y[o] = v;
-            }
-        }
-    }
-    if GLU && lane == 0u {
-        for (var rr = 0u; rr < RPI; rr = rr + 2u) {
-            let r = r0 + rr;
-            for (var t = 0u; t < n_tok; t = t + 1u) {
-                if r + 1u < p.rows {
-                    let gate = acc[rr * TOK + t];
-                    let up = acc[(rr + 1u) * TOK + t];
-                    let o = (t0 + t) * p.y_stride + p.y_offset + (p.row_offset + r) / 2u;
-                    y[o] = gate / (1.0 + exp(-gate)) * up;
-                }
-            }
-        }
-    }
+    linear_epilogue(r0, t0, n_tok, lid, lane);
 }

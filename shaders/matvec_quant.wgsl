@@ -39,8 +39,9 @@
 //     the low and high nibbles of the same words, scale and min each) or quarters a and a + 2 of a
 //     Q6_K half (ql nibbles and 2 qh bits; a scale per 16 elements).
 // Grid: (row groups, laid out 2-D past 65535, ceil(n / TOK)).
-// Shared structs and WFMT_* codes come from the prelude (engine/src/uniforms.rs). Needs dequant.wgsl,
-// then `row_sum` from reduce_subgroup.wgsl or reduce_shared.wgsl, appended at pipeline creation.
+// Shared structs and WFMT_* codes come from the prelude (engine/src/uniforms.rs). Needs, appended at
+// pipeline creation, `linear_epilogue` (linear_epilogue.wgsl: the store, shared with matvec.wgsl),
+// dequant.wgsl, then `row_sum` from reduce_subgroup.wgsl or reduce_shared.wgsl.
 
 override WFMT: u32 = WFMT_Q8_0;
 override WFMT2: u32 = WFMT_Q8_0;
@@ -248,44 +249,5 @@ fn matvec_quant(
             accumulate(WFMT, 0u, 0u, r0, lane);
         }
     }
-    var inv = array<f32, 8>(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0);
-    if NORM {
-        // Each lane saw every x element once per row slot (its share of every unit), so the sum over
-        // the TPR lanes is the row's sum of squares.
-        for (var t = 0u; t < TOK; t = t + 1u) {
-            inv[t] = inverseSqrt(row_sum(ss[t], lid) / f32(p.cols) + p.eps);
-        }
-    }
-    for (var rr = 0u; rr < RPI; rr = rr + 1u) {
-        let r = r0 + rr;
-        for (var t = 0u; t < TOK; t = t + 1u) {
-            let s = row_sum(acc[rr * TOK + t], lid) * inv[t];
-            acc[rr * TOK + t] = s;
-            if !GLU && r < p.rows && lane == 0u && t < n_tok {
-                let o = (t0 + t) * p.y_stride + p.y_offset + p.row_offset + r;
-                var v = s;
-                if (p.flags & LINEAR_BIAS) != 0u {
-                    v = v + bias[p.row_offset + r];
-                }
-                if (p.flags & LINEAR_ACCUMULATE) != 0u {
-                    v = v + y[o];
-                }
-                y[o] = v;
-            }
-        }
-    }
-    if GLU && lane == 0u {
-        // Rows r0 + rr (gate) and r0 + rr + 1 (up) of each pair.
-        for (var rr = 0u; rr < RPI; rr = rr + 2u) {
-            let r = r0 + rr;
-            for (var t = 0u; t < n_tok; t = t + 1u) {
-                if r + 1u < p.rows {
-                    let gate = acc[rr * TOK + t];
-                    let up = acc[(rr + 1u) * TOK + t];
-                    let o = (t0 + t) * p.y_stride + p.y_offset + (p.row_offset + r) / 2u;
-                    y[o] = gate / (1.0 + exp(-gate)) * up;
-                }
-            }
-        }
-    }
+    linear_epilogue(r0, t0, n_tok, lid, lane);
 }

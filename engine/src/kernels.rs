@@ -22,6 +22,8 @@ pub const RMSNORM: &str = include_str!("../../shaders/rmsnorm.wgsl");
 pub const MATVEC: &str = include_str!("../../shaders/matvec.wgsl");
 pub const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
 pub const MATVEC_QUANT: &str = include_str!("../../shaders/matvec_quant.wgsl");
+/// The store at the end of both matvec kernels (norm scale, bias, residual add, GLU).
+pub const LINEAR_EPILOGUE: &str = include_str!("../../shaders/linear_epilogue.wgsl");
 pub const DEQUANT: &str = include_str!("../../shaders/dequant.wgsl");
 pub const ROPE: &str = include_str!("../../shaders/rope.wgsl");
 pub const ATTENTION: &str = include_str!("../../shaders/attention.wgsl");
@@ -63,6 +65,16 @@ pub fn compose(kernel: &str, reduce: Option<Reduce>) -> String {
     }
 }
 
+/// matvec.wgsl with its epilogue (linear_epilogue.wgsl).
+pub fn matvec_source() -> String {
+    format!("{MATVEC}\n{LINEAR_EPILOGUE}")
+}
+
+/// matvec_quant.wgsl with its epilogue.
+pub fn matvec_quant_source() -> String {
+    format!("{MATVEC_QUANT}\n{LINEAR_EPILOGUE}")
+}
+
 /// A module that reads quantized weights: the kernel file, the block decoders (`dequant.wgsl`), then the
 /// reduction helper if any.
 pub fn compose_dequant(kernel: &str, reduce: Option<Reduce>) -> String {
@@ -93,7 +105,8 @@ pub fn all_modules() -> Vec<(String, String)> {
             crate::logprobs::LOGPROBS.to_string(),
         ),
     ];
-    for (name, src) in [("matvec", MATVEC), ("rmsnorm", RMSNORM)] {
+    let matvec = matvec_source();
+    for (name, src) in [("matvec", matvec.as_str()), ("rmsnorm", RMSNORM)] {
         v.push((
             format!("{name}+subgroup"),
             compose(src, Some(Reduce::Subgroup)),
@@ -106,7 +119,7 @@ pub fn all_modules() -> Vec<(String, String)> {
         } else {
             "matvec_quant+shared"
         };
-        v.push((name.to_string(), compose_dequant(MATVEC_QUANT, Some(r))));
+        v.push((name.to_string(), compose_dequant(&matvec_quant_source(), Some(r))));
     }
     v
 }
@@ -486,8 +499,12 @@ impl Kernels {
         let reduce = Some(shapes.reduce);
         let modules = Modules {
             embed: module(gpu, "embed", &compose_dequant(EMBED, None)),
-            matvec: module(gpu, "matvec", &compose(MATVEC, reduce)),
-            matvec_quant: module(gpu, "matvec_quant", &compose_dequant(MATVEC_QUANT, reduce)),
+            matvec: module(gpu, "matvec", &compose(&matvec_source(), reduce)),
+            matvec_quant: module(
+                gpu,
+                "matvec_quant",
+                &compose_dequant(&matvec_quant_source(), reduce),
+            ),
             matmul: module(gpu, "matmul", &compose_dequant(MATMUL, None)),
             rope: module(gpu, "rope", &compose(ROPE, None)),
             attention: module(gpu, "attention", &compose(ATTENTION, None)),
