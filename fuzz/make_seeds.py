@@ -275,6 +275,26 @@ def main():
     ]:
         write(f"{SEEDS}/stop_filter/{name}", ("\x01".join(stops) + "\0" + "\0".join(pieces)).encode())
 
+    # server_request: request bodies as clients send them (tests/serve.rs's cases and the README's).
+    msgs = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi 世界"}]
+    for name, body in [
+        ("chat-min", {"messages": [{"role": "user", "content": "Hello"}]}),
+        ("chat-full", {"model": "glint", "messages": msgs, "max_tokens": 32, "temperature": 0.7,
+                       "top_p": 0.9, "top_k": 40, "min_p": 0.05, "repeat_penalty": 1.1, "seed": 42,
+                       "stop": ["\n\n", "END"], "stream": True, "stream_options": {"include_usage": True},
+                       "logprobs": True, "top_logprobs": 5, "n": 1}),
+        ("chat-parts", {"messages": [{"role": "developer", "content": [{"type": "text", "text": "a"},
+                                                                        {"type": "text", "text": "b"}]},
+                                     {"role": "user", "content": None}], "max_completion_tokens": 8}),
+        ("chat-bad-type", {"messages": [{"role": "user", "content": "x"}], "max_tokens": "ten"}),
+        ("chat-refused", {"messages": [], "n": 2, "presence_penalty": 0.5}),
+        ("completion-text", {"prompt": "def fib(n):", "max_tokens": 16, "stop": "\n", "logprobs": 3}),
+        ("completion-ids", {"prompt": [151644, 872, 198], "max_tokens": 4, "temperature": 0}),
+        ("completion-list", {"prompt": ["one", "two"], "echo": False, "best_of": 1}),
+    ]:
+        write(f"{SEEDS}/server_request/{name}.json", json.dumps(body, ensure_ascii=False).encode())
+    write(f"{SEEDS}/server_request/not-json", b'{"messages": [{"role": "user", "content": "x"}')
+
 
 def toy_safetensors(cfg):
     """A safetensors file with the tensors a Qwen2 config asks for, at its shapes, in BF16 (norms

@@ -17,12 +17,12 @@ cd "$(dirname "$0")/.."
 
 SECS=${1:-60}
 shift || true
-# Every target, in the order run. The server's request JSON target (server_request) joins this list
-# when the server lands.
-ALL_TARGETS=(gguf_parse gguf_vocab safetensors_config tokenizer chat_template stop_filter stream_decoder)
+# Every target, in the order run.
+ALL_TARGETS=(gguf_parse gguf_vocab safetensors_config tokenizer chat_template stop_filter stream_decoder
+    server_request)
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=("${ALL_TARGETS[@]}")
-NEEDS_MODELS=(tokenizer chat_template stream_decoder gguf_vocab)
+NEEDS_MODELS=(tokenizer chat_template stream_decoder gguf_vocab server_request)
 
 export RUSTC_BOOTSTRAP=1
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -223,6 +223,8 @@ fn error_of(r: &server::Response, status: u16) -> Value {
         r.headers
     );
     let v = r.json();
+    // With --nocapture: the bodies of docs/RELIABILITY.md's server table.
+    println!("{status} {v}");
     let e = &v["error"];
     for k in ["message", "type", "param", "code"] {
         assert!(e.get(k).is_some(), "error body without '{k}': {v}");
