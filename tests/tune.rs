@@ -21,6 +21,7 @@ fn caps(fingerprint: &str) -> DeviceCaps {
         subgroup_size: Some(32),
         shader_f16: true,
         timestamps: true,
+        direct_upload: false,
         max_storage_binding: 1 << 30,
         max_buffer_size: 1 << 31,
         max_workgroup_invocations: 1024,

@@ -56,6 +56,9 @@ pub struct DeviceCaps {
     pub subgroup_size: Option<u32>,
     pub shader_f16: bool,
     pub timestamps: bool,
+    /// Storage buffers with initial data are mapped at creation and written in place (a CPU device
+    /// with MAPPABLE_PRIMARY_BUFFERS), not uploaded through a staging buffer.
+    pub direct_upload: bool,
     pub max_storage_binding: u64,
     pub max_buffer_size: u64,
     pub max_workgroup_invocations: u32,
@@ -314,6 +317,15 @@ impl Gpu {
             | wgpu::Features::TIMESTAMP_QUERY
             | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
             | wgpu::Features::PIPELINE_CACHE;
+        // On a CPU device every buffer lives in host memory anyway: with MAPPABLE_PRIMARY_BUFFERS a
+        // weight buffer is mapped at creation and written in place, instead of through a staging
+        // buffer and a copy at the next submit (half the bytes moved at load). Never on a GPU, where
+        // mappable storage would sit in slow host-visible memory.
+        let wanted = if info.device_type == wgpu::DeviceType::Cpu {
+            wanted | wgpu::Features::MAPPABLE_PRIMARY_BUFFERS
+        } else {
+            wanted
+        };
         let features = adapter.features() & wanted;
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -332,6 +344,7 @@ impl Gpu {
             subgroup_size: fixed_subgroup.then_some(info.subgroup_min_size),
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            direct_upload: features.contains(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS),
             max_storage_binding: limits.max_storage_buffer_binding_size,
             max_buffer_size: limits.max_buffer_size,
             max_workgroup_invocations: limits.max_compute_invocations_per_workgroup,
@@ -487,16 +500,36 @@ impl Gpu {
     /// A storage buffer holding `data`, checked against the device's binding limit.
     pub fn storage_init(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
         self.check_binding(label, data.len() as u64)?;
-        self.create_checked(label, data.len() as u64, || {
-            self.device
-                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                    label: Some(label),
-                    contents: data,
-                    usage: wgpu::BufferUsages::STORAGE
-                        | wgpu::BufferUsages::COPY_DST
-                        | wgpu::BufferUsages::COPY_SRC,
-                })
-        })
+        let usage =
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+        if !self.caps.direct_upload || data.is_empty() {
+            return self.create_checked(label, data.len() as u64, || {
+                self.device
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: Some(label),
+                        contents: data,
+                        usage,
+                    })
+            });
+        }
+        // Mapped at creation with MAP_WRITE: wgpu maps the buffer's own memory (no staging buffer),
+        // the data is written once, in place. The size is padded to a multiple of 4 as
+        // create_buffer_init pads it.
+        let size = (data.len() as u64).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
+        let b = self.create_checked(label, size, || {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: usage | wgpu::BufferUsages::MAP_WRITE,
+                mapped_at_creation: true,
+            })
+        })?;
+        b.get_mapped_range_mut(..)
+            .map_err(|e| Error::Gpu(format!("mapping buffer '{label}' at creation: {e}")))?
+            .slice(..data.len())
+            .copy_from_slice(data);
+        b.unmap();
+        Ok(b)
     }
 
     /// A zeroed storage buffer of `size` bytes.
