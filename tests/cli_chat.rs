@@ -251,31 +251,12 @@ fn chat_remembers_a_name_across_turns_and_handles_commands() {
 #[test]
 fn chat_drops_the_oldest_turns_when_the_context_is_full() {
     use std::io::Write;
-    use std::process::Stdio;
     if common::gpu().is_none() {
         return;
     }
     let dir = cli::temp_dir("chat-context");
     let cache = cli::fake_hf_cache(&dir, cli::Tok::Bytes);
-    let mut child = cli::glint()
-        .args([
-            "chat",
-            "-m",
-            "test/tiny-qwen2",
-            "--temperature",
-            "0",
-            "-n",
-            "16",
-            "-c",
-            "256",
-        ])
-        .env("HF_HUB_CACHE", &cache)
-        .env("HF_HUB_OFFLINE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting glint chat");
+    let mut child = cli::spawn_tiny_chat(&cache, &["--temperature", "0", "-n", "16", "-c", "256"]);
     let turns = 8;
     let mut input = String::from("/system You are terse.\n");
     for i in 0..turns {

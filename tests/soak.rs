@@ -23,7 +23,6 @@ use serde_json::json;
 use server::{request, send, sse_data, Server};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// One sample of what the process holds.
@@ -118,25 +117,7 @@ fn chat_ten_thousand_tokens_with_context_rollover() {
     }
     let dir = cli::temp_dir("soak-chat");
     let cache = cli::fake_hf_cache(&dir, cli::Tok::Bytes);
-    let mut child = cli::glint()
-        .args([
-            "chat",
-            "-m",
-            "test/tiny-qwen2",
-            "-n",
-            "96",
-            "-c",
-            "256",
-            "--seed",
-            "7",
-        ])
-        .env("HF_HUB_CACHE", &cache)
-        .env("HF_HUB_OFFLINE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting glint chat");
+    let mut child = cli::spawn_tiny_chat(&cache, &["-n", "96", "-c", "256", "--seed", "7"]);
     let pid = child.id();
     let mut stdin = child.stdin.take().unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap());

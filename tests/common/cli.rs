@@ -149,6 +149,22 @@ pub fn fake_hf_cache(root: &Path, tokenizer: Tok) -> PathBuf {
     root.to_path_buf()
 }
 
+/// `glint chat -m test/tiny-qwen2 ARGS` from the fake cache `cache` ([`fake_hf_cache`]), offline, with
+/// stdin, stdout and stderr piped.
+pub fn spawn_tiny_chat(cache: &Path, args: &[&str]) -> std::process::Child {
+    use std::process::Stdio;
+    glint()
+        .args(["chat", "-m", "test/tiny-qwen2"])
+        .args(args)
+        .env("HF_HUB_CACHE", cache)
+        .env("HF_HUB_OFFLINE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting glint chat")
+}
+
 /// A fresh directory under the system temp dir, unique to this test process.
 pub fn temp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("glint-{name}-{}", std::process::id()));
