@@ -957,9 +957,9 @@ impl Model {
             .map(|&(row, chosen, n)| {
                 let g = &got[row];
                 if !g.log_sum_exp.is_finite() {
-                    let logits = self
-                        .gpu
-                        .read_f32(&self.acts.logits, (row * vocab) as u64, vocab)?;
+                    let logits =
+                        self.gpu
+                            .read_f32(&self.acts.logits, (row * vocab) as u64, vocab)?;
                     return Ok(Logprobs::from_logits(&logits, self.n_valid, chosen, n));
                 }
                 Ok(Logprobs {

@@ -500,8 +500,9 @@ impl Gpu {
     /// A storage buffer holding `data`, checked against the device's binding limit.
     pub fn storage_init(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
         self.check_binding(label, data.len() as u64)?;
-        let usage =
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST
+            | wgpu::BufferUsages::COPY_SRC;
         if !self.caps.direct_upload || data.is_empty() {
             return self.create_checked(label, data.len() as u64, || {
                 self.device

@@ -119,7 +119,10 @@ pub fn all_modules() -> Vec<(String, String)> {
         } else {
             "matvec_quant+shared"
         };
-        v.push((name.to_string(), compose_dequant(&matvec_quant_source(), Some(r))));
+        v.push((
+            name.to_string(),
+            compose_dequant(&matvec_quant_source(), Some(r)),
+        ));
     }
     v
 }
