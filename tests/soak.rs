@@ -232,9 +232,9 @@ fn server_thousand_requests_with_cancellations() {
                         "server soak: over 30 minutes"
                     );
                     let max_tokens = 8 + rng.next_u64() % 120;
-                    let stream = rng.next_u64() % 2 == 0;
-                    let cancel = stream && rng.next_u64() % 4 == 0;
-                    let (path, mut body) = if rng.next_u64() % 3 == 0 {
+                    let stream = rng.next_u64().is_multiple_of(2);
+                    let cancel = stream && rng.next_u64().is_multiple_of(4);
+                    let (path, mut body) = if rng.next_u64().is_multiple_of(3) {
                         ("/v1/completions", json!({"prompt": format!("request {i}: once upon a time")}))
                     } else {
                         (
