@@ -35,15 +35,6 @@ struct Sample {
     gpu_bytes: u64,
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading /proc status");
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS in /proc status")
-}
-
 /// Print the samples and check them flat after the first `warmup` (of `unit`s).
 fn check_flat(what: &str, unit: &str, samples: &[Sample], warmup: u64) {
     println!("\n{what}: {} samples", samples.len());
@@ -164,7 +155,7 @@ fn chat_ten_thousand_tokens_with_context_rollover() {
         let (gpu_buffers, gpu_bytes) = live.unwrap();
         samples.push(Sample {
             at: generated,
-            rss_kib: rss_kib(pid),
+            rss_kib: server::rss_kib(pid).expect("glint chat's RSS (/proc)"),
             gpu_buffers,
             gpu_bytes,
         });

@@ -584,9 +584,6 @@ impl Kernels {
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(todo.len());
-        if threads <= 1 {
-            return todo.iter().try_for_each(|&k| self.get(k).map(drop));
-        }
         let next = std::sync::atomic::AtomicUsize::new(0);
         let first_error = Mutex::new(None);
         std::thread::scope(|s| {

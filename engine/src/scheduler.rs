@@ -288,6 +288,14 @@ struct Metrics {
     recent: Mutex<VecDeque<(Instant, u64)>>,
 }
 
+impl Metrics {
+    /// Record the device's live buffers (the gauges of /metrics).
+    fn set_live(&self, live: LiveBuffers) {
+        self.gpu_buffers.store(live.buffers, Ordering::Relaxed);
+        self.gpu_buffer_bytes.store(live.bytes, Ordering::Relaxed);
+    }
+}
+
 fn add(c: &AtomicU64, n: usize) {
     c.fetch_add(n as u64, Ordering::Relaxed);
 }
@@ -599,15 +607,7 @@ impl<'t, 's, M: BatchModel> Loop<'t, 's, M> {
             .min(info.max_batch)
             .max(n + 1)
             .min(info.max_batch);
-        let live = model.live_buffers();
-        shared
-            .metrics
-            .gpu_buffers
-            .store(live.buffers, Ordering::Relaxed);
-        shared
-            .metrics
-            .gpu_buffer_bytes
-            .store(live.bytes, Ordering::Relaxed);
+        shared.metrics.set_live(model.live_buffers());
         Loop {
             model,
             tok,
@@ -848,9 +848,7 @@ impl<'t, 's, M: BatchModel> Loop<'t, 's, M> {
         let m = &self.shared.metrics;
         add(&m.steps_total, 1);
         add(&m.step_micros_total, t0.elapsed().as_micros() as usize);
-        let live = self.model.live_buffers();
-        m.gpu_buffers.store(live.buffers, Ordering::Relaxed);
-        m.gpu_buffer_bytes.store(live.bytes, Ordering::Relaxed);
+        m.set_live(self.model.live_buffers());
         let mut generated = 0;
         for (p, s) in parts.iter().zip(out) {
             if let Some(a) = self.slots[p.slot].as_mut() {
