@@ -129,3 +129,43 @@ fn utc_date_format() {
     assert_eq!(&d[10..11], "T");
     assert!(d[..4].parse::<u32>().unwrap() >= 2024);
 }
+
+/// `parallel`: a `tg{n} xS` test decodes S slots together (one token of each per step): it counts
+/// every slot's tokens, submits once per step, leaves each slot with its prompt and n tokens, and a
+/// step's weight traffic is shared by the S tokens.
+#[test]
+fn parallel_tg_decodes_every_slot_per_step() {
+    let wide = BenchSpec {
+        n_prompt: vec![0],
+        parallel: vec![1, 3],
+        reps: 1,
+        ..spec()
+    };
+    let Some(mut model) = load(&wide) else { return };
+    assert_eq!(model.n_slots(), 3);
+    let r = run_bench(&mut model, &wide).expect("bench");
+    let names: Vec<&str> = r.tests.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["tg4", "tg4 x3"]);
+    let (one, three) = (&r.tests[0], &r.tests[1]);
+    assert_eq!((three.n_gen, three.n_tokens, three.submits), (4, 12, 4));
+    assert_eq!(three.submits_per_token, 4.0 / 12.0);
+    assert_eq!(three.dispatches, one.dispatches);
+    assert!(three.bytes_per_token.unwrap() < one.bytes_per_token.unwrap());
+    for slot in 0..3 {
+        assert_eq!(
+            model.slot_ids(slot).len(),
+            wide.tg_prompt + 4,
+            "slot {slot}"
+        );
+    }
+    // Different prompts per slot.
+    assert_ne!(model.slot_ids(1), model.slot_ids(2));
+
+    // A model with fewer slots than asked for is refused with what it has.
+    let mut one_slot = load(&spec()).expect("loaded above");
+    let e = run_bench(&mut one_slot, &wide).unwrap_err().to_string();
+    assert!(
+        e.contains("--parallel 3 needs 3 sequence slots") && e.contains("1 slot(s)"),
+        "{e}"
+    );
+}

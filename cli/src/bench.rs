@@ -63,6 +63,11 @@ pub struct BenchArgs {
         default_value = "0"
     )]
     depth: Vec<usize>,
+    /// Sequences decoded together, comma-separated (llama-batched-bench's -npl): every S > 1 adds a
+    /// `tg{n} xS` test, S sequences each given one token per batched step (the continuous batching of
+    /// `glint serve`); its t/s counts every sequence's tokens. Loads S slots of -c each.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    parallel: Vec<usize>,
     /// Skip the warm-up run.
     #[arg(long)]
     no_warmup: bool,
@@ -78,6 +83,7 @@ pub fn bench(a: BenchArgs) -> glint::Result<()> {
         depths: a.depth,
         batch: a.batch,
         ctx_size: a.ctx_size,
+        parallel: a.parallel,
         ..Default::default()
     };
     let mut opts = spec.load_options(a.model.gpu.options()?);

@@ -19,9 +19,10 @@
 //! ```
 
 use crate::config::ModelConfig;
-use crate::engine::{LoadOptions, Model};
+use crate::engine::{LoadOptions, Model, SeqSample, SeqStep};
 use crate::error::{Error, Result};
 use crate::gpu::GpuOptions;
+use crate::sampler::SamplingParams;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
@@ -52,6 +53,11 @@ pub struct BenchSpec {
     pub ctx_size: Option<usize>,
     /// Seed of the token ids.
     pub seed: u64,
+    /// Sequences decoded together by the `tg` tests (llama-batched-bench's `-npl`). 1 is the plain
+    /// `tg{n}`; each S > 1 adds a `tg{n} x{S}` test: S slots, each after its own `tg_prompt` ids (and
+    /// depth), then n steps of one token of every slot per batched forward, so its t/s counts all S
+    /// slots' tokens (the aggregate that continuous batching in `glint serve` gets).
+    pub parallel: Vec<usize>,
 }
 
 impl Default for BenchSpec {
@@ -66,6 +72,7 @@ impl Default for BenchSpec {
             batch: 512,
             ctx_size: None,
             seed: 42,
+            parallel: vec![1],
         }
     }
 }
@@ -95,12 +102,25 @@ impl BenchSpec {
         }
     }
 
-    /// Load options matching the spec: its context size (or just what the tests need) and batch.
+    /// The sequence counts of the `tg` tests (`[1]` when none are given; 0 entries skipped).
+    fn parallel_list(&self) -> Vec<usize> {
+        let v: Vec<usize> = self.parallel.iter().copied().filter(|&s| s > 0).collect();
+        if v.is_empty() {
+            vec![1]
+        } else {
+            v
+        }
+    }
+
+    /// Load options matching the spec: its context size (or just what the tests need) per slot,
+    /// batch, and a slot per sequence of the widest `tg` test.
     pub fn load_options(&self, gpu: GpuOptions) -> LoadOptions {
+        let slots = self.parallel_list().into_iter().max().unwrap_or(1);
         LoadOptions {
             gpu,
             ctx_size: Some(self.ctx_size.unwrap_or_else(|| self.ctx_needed())),
-            batch: self.batch.max(1),
+            batch: self.batch.max(1).max(slots),
+            slots,
             ..Default::default()
         }
     }
@@ -328,6 +348,15 @@ pub fn run_bench(model: &mut Model, spec: &BenchSpec) -> Result<BenchReport> {
             spec.tg_prompt
         )));
     }
+    let widest = spec.parallel_list().into_iter().max().unwrap_or(1);
+    if widest > model.n_slots() || widest > model.max_batch() {
+        return Err(Error::Input(format!(
+            "bench: --parallel {widest} needs {widest} sequence slots and calls of {widest} tokens; the \
+             model was loaded with {} slot(s) and calls of {} (load it with BenchSpec::load_options)",
+            model.n_slots(),
+            model.max_batch()
+        )));
+    }
     let machine = Machine::capture();
     let batch = spec.batch.clamp(1, ctx);
     let n_valid = model.n_valid();
@@ -366,41 +395,90 @@ pub fn run_bench(model: &mut Model, spec: &BenchSpec) -> Result<BenchReport> {
         }
 
         for (k, n) in spec.gens().enumerate() {
-            let prompt = token_ids(spec.seed ^ 0xA5A5 ^ k as u64, spec.tg_prompt, n_valid);
-            let steps = token_ids(spec.seed ^ 0x5A5A ^ k as u64, n, n_valid);
-            let run = |model: &mut Model, steps: &[u32]| -> Result<u64> {
-                model.fill_cache_for_bench(depth)?;
-                if !prompt.is_empty() {
-                    model.feed(&prompt)?;
+            for seqs in spec.parallel_list() {
+                let prompts: Vec<Vec<u32>> = (0..seqs)
+                    .map(|s| {
+                        token_ids(
+                            spec.seed ^ 0xA5A5 ^ k as u64 ^ ((s as u64) << 32),
+                            spec.tg_prompt,
+                            n_valid,
+                        )
+                    })
+                    .collect();
+                // steps[i][s]: slot s's token at step i.
+                let steps: Vec<Vec<u32>> = {
+                    let per_slot: Vec<Vec<u32>> = (0..seqs)
+                        .map(|s| {
+                            token_ids(
+                                spec.seed ^ 0x5A5A ^ k as u64 ^ ((s as u64) << 32),
+                                n,
+                                n_valid,
+                            )
+                        })
+                        .collect();
+                    (0..n)
+                        .map(|i| per_slot.iter().map(|v| v[i]).collect())
+                        .collect()
+                };
+                let run = |model: &mut Model, steps: &[Vec<u32>]| -> Result<u64> {
+                    for (slot, prompt) in prompts.iter().enumerate() {
+                        model.fill_slot_for_bench(slot, depth)?;
+                        if !prompt.is_empty() {
+                            model.feed_slot_for_bench(slot, prompt)?;
+                        }
+                    }
+                    let greedy = SamplingParams::greedy();
+                    let sample = SeqSample {
+                        params: &greedy,
+                        u: 0.0,
+                        top_logprobs: None,
+                    };
+                    let t = Instant::now();
+                    for step in steps {
+                        let seqs: Vec<SeqStep> = step
+                            .iter()
+                            .enumerate()
+                            .map(|(slot, id)| SeqStep {
+                                slot,
+                                tokens: std::slice::from_ref(id),
+                                sample: Some(sample),
+                            })
+                            .collect();
+                        model.step_batch(&seqs)?;
+                    }
+                    Ok(t.elapsed().as_nanos() as u64)
+                };
+                if spec.warmup {
+                    run(model, &steps[..n.min(2)])?;
                 }
-                let t = Instant::now();
-                for &id in steps {
-                    model.feed(&[id])?;
-                }
-                Ok(t.elapsed().as_nanos() as u64)
-            };
-            if spec.warmup {
-                run(model, &steps[..n.min(2)])?;
+                let samples = (0..spec.reps)
+                    .map(|_| run(model, &steps))
+                    .collect::<Result<Vec<_>>>()?;
+                // Step i (0-based) attends to depth + tg_prompt + i + 1 cached tokens in every slot.
+                let avg_ctx = (depth + spec.tg_prompt) as f64 + (n + 1) as f64 / 2.0;
+                let at = avg_ctx.round() as usize;
+                let dispatches = model.decode_dispatches_at(at);
+                // A step reads the weights once and every slot's keys and values.
+                let kv = model.bytes_per_token(at) - model.bytes_per_token(0);
+                let bytes = (model.bytes_per_token(0) + seqs as u64 * kv) / seqs as u64;
+                let name = if seqs == 1 {
+                    format!("tg{n}")
+                } else {
+                    format!("tg{n} x{seqs}")
+                };
+                tests.push(summarise(
+                    test_name(name, depth),
+                    depth,
+                    spec.tg_prompt,
+                    n,
+                    n * seqs,
+                    samples,
+                    avg_ctx,
+                    Some(bytes),
+                    n,
+                    n * dispatches,
+                ));
             }
-            let samples = (0..spec.reps)
-                .map(|_| run(model, &steps))
-                .collect::<Result<Vec<_>>>()?;
-            // Step i (0-based) attends to depth + tg_prompt + i + 1 cached tokens.
-            let avg_ctx = (depth + spec.tg_prompt) as f64 + (n + 1) as f64 / 2.0;
-            let dispatches = model.decode_dispatches_at(avg_ctx.round() as usize);
-            let bytes = model.bytes_per_token(avg_ctx.round() as usize);
-            tests.push(summarise(
-                test_name(format!("tg{n}"), depth),
-                depth,
-                spec.tg_prompt,
-                n,
-                n,
-                samples,
-                avg_ctx,
-                Some(bytes),
-                n,
-                n * dispatches,
-            ));
         }
     }
 

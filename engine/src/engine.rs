@@ -707,10 +707,18 @@ impl Model {
     /// whatever values the cache holds (zeros on a fresh cache, finite values of earlier runs), so the
     /// outputs are meaningless; the ids recorded are `u32::MAX`, which no prompt shares a prefix with.
     pub fn fill_cache_for_bench(&mut self, depth: usize) -> Result<()> {
-        self.slots[0].clear();
-        self.check_fits(0, depth)?;
-        self.slots[0].resize(depth, u32::MAX);
+        self.fill_slot_for_bench(0, depth)
+    }
+    /// [`Model::fill_cache_for_bench`] for one slot of several.
+    pub fn fill_slot_for_bench(&mut self, slot: usize, depth: usize) -> Result<()> {
+        self.slots[slot].clear();
+        self.check_fits(slot, depth)?;
+        self.slots[slot].resize(depth, u32::MAX);
         Ok(())
+    }
+    /// [`Model::feed`] into one slot of several (greedy next id).
+    pub fn feed_slot_for_bench(&mut self, slot: usize, ids: &[u32]) -> Result<u32> {
+        self.feed_slot(slot, ids, None)
     }
     /// Sampling defaults from the model's generation_config.json (do_sample false or absent: greedy);
     /// flags override them field by field.
