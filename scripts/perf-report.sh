@@ -81,7 +81,7 @@ R_FILE="$TMP/report.md"
 
 ```sh
 scripts/perf-report.sh                        # this report (-p 128 -n 32 -r 3; --help for flags)
-glint bench -m MODEL [-p 512] [-n 128] [-r 5] [-o md|json] [-c CTX] [-b BATCH] [--backend B] [--adapter I]
+glint bench -m MODEL [-p 512] [-n 128] [-r 5] [--parallel 1,4] [-o md|json] [-c CTX] [-b BATCH] [--backend B] [--adapter I]
 glint lab [--quick] [--filter TEXT] [-m MODEL] [--backend B] [-o md|json] [--json-file F] [--plot F.svg|F.png]
 glint lab --compare A.json B.json [...] [--plot F.svg]   # one table across saved reports, ratios to A
 cargo bench --bench kernels [-- --quick]      # the same kernel lab, from a checkout
@@ -99,7 +99,10 @@ load average (printed with every table).
 (one submit per batch of `-b` tokens, default 512) and times it until the next token id is read back;
 `tg{n}` times n decode steps of one token each (one submit and a 4-byte read back per token) after an
 untimed 8-token prompt (`--tg-prompt 0` starts from an empty cache as llama-bench does; at these lengths
-the difference is a few percent of the attention work). Token ids are fixed pseudo-random ids;
+the difference is a few percent of the attention work). `tg{n} x{S}` (`--parallel S`) decodes S
+sequences together, each after its own prompt, one token of every sequence per batched step (what
+`glint serve` runs for S streams); its t/s counts all S sequences' tokens, so its ratio to `tg{n}` is
+what batching gains. Token ids are fixed pseudo-random ids;
 tokenization and sampling are not timed. Each test runs once untimed (shortened) and then `-r` times;
 **t/s** is the mean ± sample standard deviation of the per-repetition tokens per second. **size** is the
 weight bytes resident on the GPU (quantized blocks padded to whole 4-byte words, so a few percent
@@ -140,7 +143,7 @@ EOF
 
 # glint bench on one model: the command, then its table as printed (or why it failed).
 bench_model() {
-    local title=$1 model=$2 json=$3
+    local title=$1 model=$2 json=$3 extra=${4:-}
     echo "## glint bench: $title"
     echo
     if [ ! -e "$model" ]; then
@@ -149,12 +152,12 @@ bench_model() {
         return
     fi
     echo '```'
-    echo "\$ glint bench -m $model -p $P -n $N -r $R${GLINT_BENCH_ARGS:+ $GLINT_BENCH_ARGS}"
+    echo "\$ glint bench -m $model -p $P -n $N -r $R${extra:+ $extra}${GLINT_BENCH_ARGS:+ $GLINT_BENCH_ARGS}"
     echo '```'
     echo
     log "glint bench $model (-p $P -n $N -r $R)"
     # shellcheck disable=SC2086
-    if $GLINT bench -m "$model" -p "$P" -n "$N" -r "$R" --json-file "$json" $GLINT_BENCH_ARGS \
+    if $GLINT bench -m "$model" -p "$P" -n "$N" -r "$R" --json-file "$json" $extra $GLINT_BENCH_ARGS \
         > "$TMP/bench.md" 2> "$TMP/bench.err"; then
         cat "$TMP/bench.md"
     else
@@ -164,7 +167,8 @@ bench_model() {
     echo
 }
 
-bench_model "$(basename "$GGUF") (GGUF)" "$GGUF" "$TMP/glint-gguf.json" >> "$R_FILE"
+# The GGUF also decodes 4 sequences together (tg xS: the batched decode that glint serve runs).
+bench_model "$(basename "$GGUF") (GGUF)" "$GGUF" "$TMP/glint-gguf.json" "--parallel 1,4" >> "$R_FILE"
 bench_model "$(basename "$BF16") (safetensors bf16)" "$BF16" "$TMP/glint-bf16.json" >> "$R_FILE"
 
 # The kernel lab on Vulkan (with its roofline chart), then on GL, and the two side by side.
