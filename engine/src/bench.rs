@@ -102,13 +102,12 @@ impl BenchSpec {
         }
     }
 
-    /// The sequence counts of the `tg` tests (`[1]` when none are given; 0 entries skipped).
+    /// The sequence counts of the `tg` tests (`[1]` when none are given).
     fn parallel_list(&self) -> Vec<usize> {
-        let v: Vec<usize> = self.parallel.iter().copied().filter(|&s| s > 0).collect();
-        if v.is_empty() {
+        if self.parallel.is_empty() {
             vec![1]
         } else {
-            v
+            self.parallel.clone()
         }
     }
 
@@ -347,6 +346,12 @@ pub fn run_bench(model: &mut Model, spec: &BenchSpec) -> Result<BenchReport> {
             spec.ctx_needed(),
             spec.tg_prompt
         )));
+    }
+    if spec.parallel.contains(&0) {
+        return Err(Error::Input(
+            "bench: --parallel 0: every entry is a number of sequences decoded together, at least 1"
+                .into(),
+        ));
     }
     let widest = spec.parallel_list().into_iter().max().unwrap_or(1);
     if widest > model.n_slots() || widest > model.max_batch() {
