@@ -111,10 +111,15 @@ impl BenchSpec {
         }
     }
 
+    /// The sequences of the widest `tg` test: the slots (and tokens per call) the model needs.
+    fn widest(&self) -> usize {
+        self.parallel.iter().copied().max().unwrap_or(1)
+    }
+
     /// Load options matching the spec: its context size (or just what the tests need) per slot,
     /// batch, and a slot per sequence of the widest `tg` test.
     pub fn load_options(&self, gpu: GpuOptions) -> LoadOptions {
-        let slots = self.parallel_list().into_iter().max().unwrap_or(1);
+        let slots = self.widest();
         LoadOptions {
             gpu,
             ctx_size: Some(self.ctx_size.unwrap_or_else(|| self.ctx_needed())),
@@ -353,7 +358,7 @@ pub fn run_bench(model: &mut Model, spec: &BenchSpec) -> Result<BenchReport> {
                 .into(),
         ));
     }
-    let widest = spec.parallel_list().into_iter().max().unwrap_or(1);
+    let widest = spec.widest();
     if widest > model.n_slots() || widest > model.max_batch() {
         return Err(Error::Input(format!(
             "bench: --parallel {widest} needs {widest} sequence slots and calls of {widest} tokens; the \
@@ -401,63 +406,50 @@ pub fn run_bench(model: &mut Model, spec: &BenchSpec) -> Result<BenchReport> {
 
         for (k, n) in spec.gens().enumerate() {
             for seqs in spec.parallel_list() {
-                let prompts: Vec<Vec<u32>> = (0..seqs)
-                    .map(|s| {
-                        token_ids(
-                            spec.seed ^ 0xA5A5 ^ k as u64 ^ ((s as u64) << 32),
-                            spec.tg_prompt,
-                            n_valid,
-                        )
-                    })
-                    .collect();
-                // steps[i][s]: slot s's token at step i.
-                let steps: Vec<Vec<u32>> = {
-                    let per_slot: Vec<Vec<u32>> = (0..seqs)
-                        .map(|s| {
-                            token_ids(
-                                spec.seed ^ 0x5A5A ^ k as u64 ^ ((s as u64) << 32),
-                                n,
-                                n_valid,
-                            )
-                        })
-                        .collect();
-                    (0..n)
-                        .map(|i| per_slot.iter().map(|v| v[i]).collect())
+                // Every slot's ids: `len` of them, from its own seed (slot 0's: the single-sequence
+                // test's).
+                let ids_per_slot = |base: u64, len: usize| -> Vec<Vec<u32>> {
+                    (0..seqs as u64)
+                        .map(|s| token_ids(spec.seed ^ base ^ k as u64 ^ (s << 32), len, n_valid))
                         .collect()
                 };
-                let run = |model: &mut Model, steps: &[Vec<u32>]| -> Result<u64> {
+                let prompts = ids_per_slot(0xA5A5, spec.tg_prompt);
+                // per_slot[s][i]: slot s's token at step i.
+                let per_slot = ids_per_slot(0x5A5A, n);
+                let greedy = SamplingParams::greedy();
+                let sample = SeqSample {
+                    params: &greedy,
+                    u: 0.0,
+                    top_logprobs: None,
+                };
+                // The first `steps` steps, after each slot's depth and prompt.
+                let run = |model: &mut Model, steps: usize| -> Result<u64> {
                     for (slot, prompt) in prompts.iter().enumerate() {
                         model.fill_slot_for_bench(slot, depth)?;
                         if !prompt.is_empty() {
                             model.feed_slot_for_bench(slot, prompt)?;
                         }
                     }
-                    let greedy = SamplingParams::greedy();
-                    let sample = SeqSample {
-                        params: &greedy,
-                        u: 0.0,
-                        top_logprobs: None,
-                    };
                     let t = Instant::now();
-                    for step in steps {
-                        let seqs: Vec<SeqStep> = step
+                    for i in 0..steps {
+                        let step: Vec<SeqStep> = per_slot
                             .iter()
                             .enumerate()
-                            .map(|(slot, id)| SeqStep {
+                            .map(|(slot, ids)| SeqStep {
                                 slot,
-                                tokens: std::slice::from_ref(id),
+                                tokens: std::slice::from_ref(&ids[i]),
                                 sample: Some(sample),
                             })
                             .collect();
-                        model.step_batch(&seqs)?;
+                        model.step_batch(&step)?;
                     }
                     Ok(t.elapsed().as_nanos() as u64)
                 };
                 if spec.warmup {
-                    run(model, &steps[..n.min(2)])?;
+                    run(model, n.min(2))?;
                 }
                 let samples = (0..spec.reps)
-                    .map(|_| run(model, &steps))
+                    .map(|_| run(model, n))
                     .collect::<Result<Vec<_>>>()?;
                 // Step i (0-based) attends to depth + tg_prompt + i + 1 cached tokens in every slot.
                 let avg_ctx = (depth + spec.tg_prompt) as f64 + (n + 1) as f64 / 2.0;
