@@ -80,9 +80,11 @@ fn constants_for(name: &str, module: &naga::Module) -> Vec<PipelineConstants> {
         sets = sets
             .into_iter()
             .flat_map(|c| {
+                let has = &has;
                 fused.iter().map(move |f| {
                     let mut c = c.clone();
-                    for &(k, v) in *f {
+                    // (the quantize has NORM and GATHER but no GLU)
+                    for &(k, v) in f.iter().filter(|(k, _)| has(k)) {
                         c.insert(k.into(), v);
                     }
                     c

@@ -45,6 +45,7 @@ fn tuned() -> Shapes {
         attn_split_keys: 1024,
         attn_max_splits: 16,
         attn_split_tokens: 8,
+        int8: true,
     }
 }
 
@@ -104,6 +105,25 @@ fn tuning_file_round_trips() {
     assert_eq!((s, from), (tuned(), Some(p)));
     let (s, from) = tune::shapes_for(&caps(FP), &Tuning::Defaults).unwrap();
     assert_eq!((s, from), (Shapes::for_device(&caps(FP)), None));
+}
+
+/// A file written before `int8` existed (no such field) loads, with int8 off.
+#[test]
+fn tuning_file_without_int8_loads_it_off() {
+    let p = edited("tune-no-int8", |v| {
+        v["shapes"].as_object_mut().unwrap().remove("int8");
+    });
+    let s = tune::load(&p, &caps(FP)).unwrap();
+    assert_eq!(
+        s,
+        Shapes {
+            int8: false,
+            ..tuned()
+        }
+    );
+    let p = edited("tune-int8-type", |v| v["shapes"]["int8"] = 1.into());
+    let e = load_err(&p, &caps(FP));
+    assert!(e.contains("field 'shapes.int8' is 1: invalid type"), "{e}");
 }
 
 #[test]

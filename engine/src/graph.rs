@@ -17,7 +17,7 @@ use crate::uniforms::{
     ArgmaxParams, AttnParams, EmbedParams, EwParams, MatParams, NormParams, RopeParams, Step,
     LINEAR_ACCUMULATE, LINEAR_BIAS,
 };
-use crate::weights::Matrix;
+use crate::weights::{Matrix, FLOATS};
 
 /// Which count of a call a dispatch's grid follows.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -122,59 +122,78 @@ struct LinearOp {
     half_blocks: Option<(u32, Dispatch)>,
     /// The tiled matmul, from `tiled_from` tokens on (devices that have it).
     tiled: Option<(u32, Dispatch)>,
+    /// The int8 matvecs' quantize of x (quantize.wgsl), run before them (not before the tiled matmul,
+    /// which reads x in f32); on the first chunk of a matrix only, the others reading the same xq.
+    quantize: Option<Dispatch>,
 }
 
 impl LinearOp {
+    fn tiled(&self, n: u32) -> Option<&Dispatch> {
+        match &self.tiled {
+            Some((from, d)) if n > 1 && n >= *from => Some(d),
+            _ => None,
+        }
+    }
+
     fn pick(&self, n: u32) -> &Dispatch {
-        match (&self.tiled, &self.half_blocks) {
+        if let Some(d) = self.tiled(n) {
+            return d;
+        }
+        match &self.half_blocks {
             _ if n <= 1 => &self.single,
-            (Some((from, d)), _) if n >= *from => d,
-            (_, Some((upto, d))) if n <= *upto => d,
+            Some((upto, d)) if n <= *upto => d,
             _ => &self.blocks,
         }
+    }
+
+    /// The dispatches a call of n rows records: the quantize if the matvec picked reads int8 x, then the
+    /// kernel.
+    fn picks(&self, n: u32) -> impl Iterator<Item = &Dispatch> {
+        let quantize = self.quantize.as_ref().filter(|_| self.tiled(n).is_none());
+        quantize.into_iter().chain(std::iter::once(self.pick(n)))
     }
 }
 
 enum Op {
     Dispatch(Dispatch),
-    Linear(LinearOp),
+    Linear(Box<LinearOp>),
 }
 
 /// A recorded forward: run it with `record`.
 #[derive(Default)]
 pub struct Plan {
     ops: Vec<Op>,
+    /// Buffers only the plan's bind groups use (the int8 matvecs' quantized x), kept with it.
+    scratch: Vec<wgpu::Buffer>,
 }
 
 impl Plan {
-    /// Dispatches per call (every op is one dispatch, whichever variant a call picks).
-    pub fn dispatches(&self) -> usize {
-        self.ops.len()
-    }
-
     /// Record every step of a call, in one compute pass.
     pub fn record(&self, enc: &mut wgpu::CommandEncoder, call: CallShape) {
         let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("forward"),
             timestamp_writes: None,
         });
-        for op in &self.ops {
-            self.pick(op, call).record(&mut pass, call);
+        for d in self.picks(call) {
+            d.record(&mut pass, call);
         }
     }
 
-    fn pick<'p>(&self, op: &'p Op, call: CallShape) -> &'p Dispatch {
-        match op {
-            Op::Dispatch(d) => d,
-            Op::Linear(l) => l.pick(call.count(l.count)),
-        }
+    /// The dispatches of a call, in order (an op's variant picked by the call's counts).
+    fn picks(&self, call: CallShape) -> impl Iterator<Item = &Dispatch> {
+        self.ops
+            .iter()
+            .flat_map(move |op| -> Box<dyn Iterator<Item = &Dispatch>> {
+                match op {
+                    Op::Dispatch(d) => Box::new(std::iter::once(d)),
+                    Op::Linear(l) => Box::new(l.picks(call.count(l.count))),
+                }
+            })
     }
 
     /// Labels of the dispatches a call records, in order (benchmarks and debugging).
     pub fn labels(&self, call: CallShape) -> Vec<&'static str> {
-        self.ops
-            .iter()
-            .map(|o| self.pick(o, call))
+        self.picks(call)
             .filter(|d| d.grid.size(call).iter().all(|&n| n > 0))
             .map(|d| d.label)
             .collect()
@@ -332,6 +351,10 @@ pub struct Graph<'a> {
     plan: Plan,
     /// The first pipeline that could not be built (reported by `finish`).
     error: Option<Error>,
+    /// The int8 matvecs' quantized x (xq [rows, cols / 4] u32, xd [rows, cols / 32] vec4<f32>), one
+    /// pair per input width, shared by every layer of that width (rows: the larger of the call's tokens
+    /// and outputs).
+    x8: std::collections::HashMap<usize, (wgpu::Buffer, wgpu::Buffer)>,
     /// [`Graph::probe`]: the pipelines the forward asks for, none built and no step recorded for them.
     probed: Option<Vec<PipelineKey>>,
 }
@@ -350,6 +373,7 @@ impl<'a> Graph<'a> {
             dummy,
             plan: Plan::default(),
             error: None,
+            x8: Default::default(),
             probed: None,
         }
     }
@@ -377,7 +401,11 @@ impl<'a> Graph<'a> {
     pub fn finish(self) -> Result<Plan> {
         match self.error {
             Some(e) => Err(e),
-            None => Ok(self.plan),
+            None => {
+                let mut plan = self.plan;
+                plan.scratch = self.x8.into_values().flat_map(|(q, d)| [q, d]).collect();
+                Ok(plan)
+            }
         }
     }
 
@@ -610,12 +638,21 @@ impl<'a> Graph<'a> {
         }
         let bias = l.b.as_ref().unwrap_or(self.dummy);
         let w = &l.w;
+        let shapes = self.k.shapes.clone();
         let spec = LinearSpec {
             format: w.format,
             format2: w.second.map_or(w.format, |s| s.format),
             norm: o.norm.is_some(),
             gather: o.gather,
             glu: o.glu,
+            x8: false,
+        };
+        // The int8 matvec: both formats block-quantized (the tiled matmul stays in f32).
+        let x8 = shapes.int8 && !FLOATS.contains(&spec.format) && !FLOATS.contains(&spec.format2);
+        let matvec_spec = LinearSpec {
+            x8,
+            gather: spec.gather && !x8,
+            ..spec
         };
         let (g, eps) = match o.norm {
             Some(n) => (n.w, n.eps),
@@ -626,7 +663,6 @@ impl<'a> Graph<'a> {
         } else {
             self.dummy
         };
-        let shapes = self.k.shapes.clone();
         let step = self.step(o.count);
         let kernels = [
             LinearKernel::Single,
@@ -646,14 +682,45 @@ impl<'a> Graph<'a> {
                 pipes.push(None);
                 continue;
             }
+            let spec = if k == LinearKernel::Tiled {
+                spec
+            } else {
+                matvec_spec
+            };
             // Every variant asked for (a probe lists them all), then the op given up if one is missing.
             let p = self.pipeline(PipelineKey::Linear(k, spec));
             missing |= p.is_none();
             pipes.push(p);
         }
+        let quantize = x8
+            .then(|| {
+                self.pipeline(PipelineKey::Quantize {
+                    norm: spec.norm,
+                    gather: spec.gather,
+                })
+            })
+            .flatten();
+        missing |= x8 && quantize.is_none();
         if missing {
             return;
         }
+        // The quantize of x, recorded with the first chunk.
+        let mut quantize = quantize.map(|pl| {
+            let (xq, xd) = self.x8_scratch(w.cols);
+            let p = self.norm_params(w.cols, eps);
+            let grid = Grid::PerRow((w.cols as u32 / 32).div_ceil(64), o.count);
+            let bufs = [
+                (0, &p),
+                (1, step),
+                (2, x),
+                (3, g),
+                (4, rows),
+                (5, &xq),
+                (6, &xd),
+            ];
+            self.make("quantize_q8", &pl, &bufs, grid)
+        });
+        let scratch = x8.then(|| self.x8_scratch(w.cols));
         for c in &w.chunks {
             let p = self.uniform(
                 "linear",
@@ -680,34 +747,77 @@ impl<'a> Graph<'a> {
                 (6, g),
                 (7, rows),
             ];
+            // The int8 matvec reads xq and xd instead of x, g and rows.
+            let bufs_x8: Vec<(u32, &wgpu::Buffer)> = match &scratch {
+                Some((xq, xd)) => vec![
+                    (0, &p),
+                    (1, step),
+                    (2, &c.buffer),
+                    (4, bias),
+                    (5, y),
+                    (8, xq),
+                    (9, xd),
+                ],
+                None => bufs.to_vec(),
+            };
             let row_groups = (c.rows as u32).div_ceil(shapes.rows_per_wg());
             let count = o.count;
             let make = |g: &Self, i: usize, label, grid| {
-                g.make(label, pipes[i].as_ref().expect("built"), &bufs, grid)
+                let b: &[(u32, &wgpu::Buffer)] = if i == 3 { &bufs } else { &bufs_x8 };
+                g.make(label, pipes[i].as_ref().expect("built"), b, grid)
             };
-            let single = make(self, 0, "matvec", Grid::Rows(row_groups, 1, count));
+            let (single_label, tok_label) = if x8 {
+                ("matvec_q8", "matvec_q8_tok")
+            } else {
+                ("matvec", "matvec_tok")
+            };
+            let single = make(self, 0, single_label, Grid::Rows(row_groups, 1, count));
             let blocks = make(
                 self,
                 1,
-                "matvec_tok",
+                tok_label,
                 Grid::Rows(row_groups, shapes.block_tokens, count),
             );
             let half_blocks = shapes.half_block_tokens().map(|tok| {
                 let grid = Grid::Rows(row_groups, tok, count);
-                (tok, make(self, 2, "matvec_tok", grid))
+                (tok, make(self, 2, tok_label, grid))
             });
             let tiled = shapes.tiled_from.map(|from| {
                 let grid = Grid::Tiles((c.rows as u32).div_ceil(32), 32, count);
                 (from, make(self, 3, "matmul", grid))
             });
-            self.plan.ops.push(Op::Linear(LinearOp {
+            self.plan.ops.push(Op::Linear(Box::new(LinearOp {
                 count,
                 single,
                 blocks,
                 half_blocks,
                 tiled,
-            }));
+                quantize: quantize.take(),
+            })));
         }
+    }
+
+    /// The int8 matvec's quantized x for inputs of `cols` (xq, xd), made on first use (handles to the
+    /// graph's one pair per width).
+    fn x8_scratch(&mut self, cols: usize) -> (wgpu::Buffer, wgpu::Buffer) {
+        let rows = self.steps.batch.max(self.steps.max_out);
+        if !self.x8.contains_key(&cols) {
+            let made = self
+                .gpu
+                .storage("xq", (rows * cols) as u64)
+                .and_then(|q| Ok((q, self.gpu.storage("xd", (rows * cols / 32 * 16) as u64)?)));
+            match made {
+                Ok(b) => {
+                    self.x8.insert(cols, b);
+                }
+                Err(e) => {
+                    self.error.get_or_insert(e);
+                    let d = self.dummy.clone();
+                    return (d.clone(), d);
+                }
+            }
+        }
+        self.x8[&cols].clone()
     }
 
     /// RoPE of every q and k head of the qkv rows (each token at its own position; each head first

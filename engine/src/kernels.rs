@@ -22,6 +22,10 @@ pub const RMSNORM: &str = include_str!("../../shaders/rmsnorm.wgsl");
 pub const MATVEC: &str = include_str!("../../shaders/matvec.wgsl");
 pub const MATMUL: &str = include_str!("../../shaders/matmul.wgsl");
 pub const MATVEC_QUANT: &str = include_str!("../../shaders/matvec_quant.wgsl");
+/// The int8 matvec (dot4I8Packed over x quantized by `QUANTIZE`), part of matvec_quant's module.
+pub const MATVEC_Q8: &str = include_str!("../../shaders/matvec_q8.wgsl");
+/// x quantized to 8 bits per 32-element block, for the int8 matvec.
+pub const QUANTIZE: &str = include_str!("../../shaders/quantize.wgsl");
 /// The store at the end of both matvec kernels (norm scale, bias, residual add, GLU).
 pub const LINEAR_EPILOGUE: &str = include_str!("../../shaders/linear_epilogue.wgsl");
 pub const DEQUANT: &str = include_str!("../../shaders/dequant.wgsl");
@@ -70,9 +74,9 @@ pub fn matvec_source() -> String {
     format!("{MATVEC}\n{LINEAR_EPILOGUE}")
 }
 
-/// matvec_quant.wgsl with its epilogue.
+/// matvec_quant.wgsl and its int8 variant (matvec_q8.wgsl, entry point `matvec_q8`), with their epilogue.
 pub fn matvec_quant_source() -> String {
-    format!("{MATVEC_QUANT}\n{LINEAR_EPILOGUE}")
+    format!("{MATVEC_QUANT}\n{MATVEC_Q8}\n{LINEAR_EPILOGUE}")
 }
 
 /// A module that reads quantized weights: the kernel file, the block decoders (`dequant.wgsl`), then the
@@ -96,6 +100,7 @@ pub fn all_modules() -> Vec<(String, String)> {
         ("embed".to_string(), compose_dequant(EMBED, None)),
         ("matmul".to_string(), compose_dequant(MATMUL, None)),
         ("rope".to_string(), compose(ROPE, None)),
+        ("quantize".to_string(), compose(QUANTIZE, None)),
         ("attention".to_string(), compose(ATTENTION, None)),
         ("elementwise".to_string(), compose(ELEMENTWISE, None)),
         ("argmax".to_string(), compose(ARGMAX, None)),
@@ -160,6 +165,14 @@ pub struct Shapes {
     pub attn_split_keys: u32,
     pub attn_max_splits: u32,
     pub attn_split_tokens: u32,
+    /// The quantized matvecs take x quantized to 8 bits per 32-element block (quantize.wgsl, one
+    /// dispatch per linear layer's input) and sum with `dot4I8Packed` (matvec_q8.wgsl), as ggml's
+    /// Q8_0 / Q8_1 activations: a quarter of x's bytes per load, integer dot products 4 at a time, at
+    /// the cost of x's 8-bit rounding (about 0.4% of each block's largest value). Off by default: on
+    /// lavapipe it is slower (docs/PERFORMANCE.md); a tuning file turns it on where it pays. Tuning
+    /// files from before it read as off.
+    #[serde(default)]
+    pub int8: bool,
 }
 
 impl Shapes {
@@ -184,6 +197,7 @@ impl Shapes {
                 attn_split_keys,
                 attn_max_splits: 16,
                 attn_split_tokens: 8,
+                int8: false,
             },
             _ => Shapes {
                 reduce: Reduce::Shared,
@@ -196,6 +210,7 @@ impl Shapes {
                 attn_split_keys,
                 attn_max_splits: 16,
                 attn_split_tokens: 8,
+                int8: false,
             },
         }
     }
@@ -364,6 +379,9 @@ pub struct LinearSpec {
     pub gather: bool,
     /// (gate, up) row pairs, SiLU-gated output (GLU).
     pub glu: bool,
+    /// x comes quantized to 8 bits (`Shapes::int8`; the int8 matvec, matvec_q8.wgsl). Its gather, if
+    /// any, is the quantize's: `gather` is then false.
+    pub x8: bool,
 }
 
 impl LinearSpec {
@@ -375,6 +393,7 @@ impl LinearSpec {
             norm: false,
             gather: false,
             glu: false,
+            x8: false,
         }
     }
 }
@@ -421,9 +440,17 @@ impl KvType {
 pub enum PipelineKey {
     Linear(LinearKernel, LinearSpec),
     Embed(QuantType),
-    RopeStore { qk_norm: bool, kv: KvType },
+    RopeStore {
+        qk_norm: bool,
+        kv: KvType,
+    },
     Attention(KvType),
     AttentionReduce,
+    /// x quantized for the int8 matvec, with the norm weight (NORM) and of the output rows (GATHER).
+    Quantize {
+        norm: bool,
+        gather: bool,
+    },
 }
 
 struct Modules {
@@ -433,6 +460,7 @@ struct Modules {
     matmul: wgpu::ShaderModule,
     rope: wgpu::ShaderModule,
     attention: wgpu::ShaderModule,
+    quantize: wgpu::ShaderModule,
 }
 
 /// The compute pipelines of the model graph. The small fixed kernels are built at once; the linear
@@ -511,6 +539,7 @@ impl Kernels {
             matmul: module(gpu, "matmul", &compose_dequant(MATMUL, None)),
             rope: module(gpu, "rope", &compose(ROPE, None)),
             attention: module(gpu, "attention", &compose(ATTENTION, None)),
+            quantize: module(gpu, "quantize", &compose(QUANTIZE, None)),
         };
         let norm_m = module(gpu, "rmsnorm", &compose(RMSNORM, reduce));
         let ew_m = module(gpu, "elementwise", &compose(ELEMENTWISE, None));
@@ -566,6 +595,11 @@ impl Kernels {
     }
     pub fn attention_reduce(&self) -> Result<wgpu::ComputePipeline> {
         self.get(PipelineKey::AttentionReduce)
+    }
+
+    /// The int8 matvec's quantize of x (with the norm weight, of the output rows).
+    pub fn quantize(&self, norm: bool, gather: bool) -> Result<wgpu::ComputePipeline> {
+        self.get(PipelineKey::Quantize { norm, gather })
     }
 
     /// Build every pipeline of `keys` not built yet, on as many threads as the machine has cores
@@ -657,6 +691,16 @@ impl Kernels {
                 "attention_reduce",
                 &[("WG", sh.attn_wg as f64)],
             ),
+            PipelineKey::Quantize { norm, gather } => {
+                let flag = |b: bool| if b { 1.0 } else { 0.0 };
+                pipeline(
+                    d,
+                    pc,
+                    &m.quantize,
+                    "quantize_q8",
+                    &[("NORM", flag(norm)), ("GATHER", flag(gather))],
+                )
+            }
             PipelineKey::Linear(kernel, s) => {
                 let flag = |b: bool| if b { 1.0 } else { 0.0 };
                 let mut c: Vec<(&str, f64)> = vec![
@@ -687,6 +731,8 @@ impl Kernels {
                 ]);
                 if FLOATS.contains(&s.format) {
                     pipeline(d, pc, &m.matvec, "matvec", &c)
+                } else if s.x8 {
+                    pipeline(d, pc, &m.matvec_quant, "matvec_q8", &c)
                 } else {
                     pipeline(d, pc, &m.matvec_quant, "matvec_quant", &c)
                 }

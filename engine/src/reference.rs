@@ -81,6 +81,49 @@ pub fn linear(
     y
 }
 
+/// quantize.wgsl: each 32-element block of v quantized to 8 bits, d = max|v| / 127, q = round(v / d)
+/// (half to even, as WGSL's round), returned as the values d * q the int8 matvec multiplies by, and the
+/// blocks' d. v's length is a multiple of 32.
+pub fn q8_round_trip(v: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let mut out = Vec::with_capacity(v.len());
+    let mut ds = Vec::with_capacity(v.len() / 32);
+    for b in v.chunks(32) {
+        let amax = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        out.extend(
+            b.iter()
+                .map(|x| (x * id).round_ties_even().clamp(-127.0, 127.0) * d),
+        );
+        ds.push(d);
+    }
+    (out, ds)
+}
+
+/// What the int8 matvec (quantize.wgsl + matvec_q8.wgsl) reads as x: the rows of x [n, cols], times the
+/// norm weight `g` when given, through [`q8_round_trip`], then scaled by the row's RMSNorm factor
+/// 1 / sqrt(mean(x^2) + eps) (with `g`). Returns that x and each block's d (times the factor).
+pub fn q8_input(x: &[f32], cols: usize, norm: Option<(&[f32], f32)>) -> (Vec<f32>, Vec<f32>) {
+    let mut xs = Vec::with_capacity(x.len());
+    let mut ds = Vec::with_capacity(x.len() / 32);
+    for row in x.chunks(cols) {
+        let (v, inv): (Vec<f32>, f64) = match norm {
+            Some((g, eps)) => {
+                let ms = row.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / cols as f64;
+                (
+                    row.iter().zip(g).map(|(a, b)| a * b).collect(),
+                    1.0 / (ms + eps as f64).sqrt(),
+                )
+            }
+            None => (row.to_vec(), 1.0),
+        };
+        let (q, d) = q8_round_trip(&v);
+        xs.extend(q.iter().map(|v| (*v as f64 * inv) as f32));
+        ds.extend(d.iter().map(|v| (*v as f64 * inv) as f32));
+    }
+    (xs, ds)
+}
+
 /// NeoX RoPE in place on x [n_tokens, n_heads * head_dim], token t at position pos0 + t.
 pub fn rope(x: &mut [f32], n_heads: usize, head_dim: usize, pos0: usize, theta: f64) {
     let plain = crate::family::Rope {

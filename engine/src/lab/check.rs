@@ -30,6 +30,62 @@ pub fn linear(got: &[f32], want: &[f32], w: &[f32], cols: usize, x: &[f32]) -> C
     Ok(worst)
 }
 
+/// The int8 matvec's bound for one output (tests/kernels_int8.rs), against the reference on the x it
+/// reads (`reference::q8_input`: x8, whose 32-element blocks have steps `ds`): the rule of [`linear`] on
+/// w . x8, plus two steps of one element (2 * max over blocks of max |w| * d), where the GPU's 1 / d
+/// rounds an element to the other level. `w`, `x8`: one row [cols]; `ds`: [cols / 32].
+pub fn int8_tolerance(w: &[f32], x8: &[f32], ds: &[f32]) -> f32 {
+    let l1: f32 = w.iter().zip(x8).map(|(a, b)| (a * b).abs()).sum();
+    let flips = w
+        .chunks(32)
+        .zip(ds)
+        .map(|(b, d)| b.iter().fold(0f32, |m, v| m.max(v.abs())) * d)
+        .fold(0f32, f32::max);
+    1e-5 * l1 + 1e-6 + 2.0 * flips
+}
+
+/// The quantization's own bound: each element of x8 is within half its block's step of x, so w . x8 is
+/// within sum over blocks of d / 2 * sum |w| of w . x (times 1.01 for the sums' rounding).
+pub fn int8_quantization(w: &[f32], ds: &[f32]) -> f32 {
+    1.01 * w
+        .chunks(32)
+        .zip(ds)
+        .map(|(b, d)| d / 2.0 * b.iter().map(|v| v.abs()).sum::<f32>())
+        .sum::<f32>()
+}
+
+/// [`linear`] for the int8 matvec: `want` computed from x8 [n_tok, cols] (the rounded x the kernel
+/// reads, block steps `ds` [n_tok, cols / 32]), each output within [`int8_tolerance`].
+pub fn linear_int8(
+    got: &[f32],
+    want: &[f32],
+    w: &[f32],
+    cols: usize,
+    (x8, ds): (&[f32], &[f32]),
+) -> Check {
+    if got.len() != want.len() {
+        return Err(format!("{} outputs, expected {}", got.len(), want.len()));
+    }
+    let rows = w.len() / cols;
+    let mut worst = 0f64;
+    for (i, (g, e)) in got.iter().zip(want).enumerate() {
+        let (t, n) = (i / rows, i % rows);
+        let tol = int8_tolerance(
+            &w[n * cols..(n + 1) * cols],
+            &x8[t * cols..(t + 1) * cols],
+            &ds[t * cols / 32..(t + 1) * cols / 32],
+        );
+        let err = (g - e).abs();
+        if err.is_nan() || err > tol {
+            return Err(format!(
+                "output {i}: gpu {g} vs int8 reference {e} (tolerance {tol})"
+            ));
+        }
+        worst = worst.max((err / tol) as f64);
+    }
+    Ok(worst)
+}
+
 /// |gpu - ref| <= abs + rel * (1 + |ref|) elementwise (rel 0: the absolute bound `abs`; both 0: exact).
 pub fn close(got: &[f32], want: &[f32], rel: f32, abs: f32) -> Check {
     if got.len() != want.len() {

@@ -1,0 +1,169 @@
+// The int8 matvec over quantized weights: matvec_quant's product with x quantized to 8 bits per 32-element
+// block beforehand (quantize.wgsl), the dot products taken 4 bytes at a time with dot4I8Packed:
+//   y[t, y_offset + row_offset + r] = acc + bias + sum over blocks b of W[r, b] . (d_b * q_b)
+// Each unit's word k gives the signed levels of 4 + 4 weights as bytes (`unit_levels`: centred formats
+// centred here, unsigned levels below 128 as they are), so one sub-block's sum is
+//   scale * d * idot(levels, q) + offset * d * sum(q)
+// with (scale, offset) the affine map of matvec_quant's `unit_affine` (offset 0 for centred levels) and
+// d * sum(q) from xd. Q6_K has a scale per 16 elements: its integer sums are flushed at each half-unit.
+// NORM: quantize.wgsl scaled x by the norm weight; the sums of squares come from xd, the scale by
+// 1 / sqrt(mean(x^2) + eps) is the epilogue's, as in matvec_quant. No GATHER here: the quantize gathers.
+//
+// Bindings (group 0): matvec_quant.wgsl's 0 p, 1 step, 2 w, 4 bias, 5 y (x, g and rows are not read),
+// and
+//   8 xq  storage  array<u32>        [n, cols / 4]   x's rows as signed bytes (quantize.wgsl)
+//   9 xd  storage  array<vec4<f32>>  [n, cols / 32]  per block (d, d * sum(q), sum(x^2), 0)
+// Workgroup and grid: as matvec_quant (WG / RPI invocations, TPR lanes per row slot, RPI rows per lane,
+// TOK tokens per workgroup). Appended to matvec_quant.wgsl's module (it uses its bindings, private arrays
+// and unit_* helpers), before linear_epilogue.wgsl, dequant.wgsl and the row_sum helper.
+
+@group(0) @binding(8) var<storage, read> xq: array<u32>;
+@group(0) @binding(9) var<storage, read> xd: array<vec4<f32>>;
+
+// Integer sums of the current half-unit's lo and hi elements, per (row, token) as acc.
+var<private> ilo: array<i32, 32>;
+var<private> ihi: array<i32, 32>;
+// x of the TOK tokens: the current word's lo and hi bytes, and the unit's lo and hi blocks' xd.
+var<private> ql: array<u32, 8>;
+var<private> qh: array<u32, 8>;
+var<private> dl: array<vec4<f32>, 8>;
+var<private> dh: array<vec4<f32>, 8>;
+
+// Unsigned levels of `bits` bits, one per byte, minus 2^(bits - 1), as signed bytes: each byte
+// plus 128 - 2^(bits - 1) stays in 0..255 (no carry into the next), and flipping its top bit subtracts 128.
+fn q8_centre(b: vec2<u32>, bits: u32) -> vec2<u32> {
+    let c = 0x80808080u - (0x01010101u << (bits - 1u));
+    return (b + vec2<u32>(c)) ^ vec2<u32>(0x80808080u);
+}
+
+// Word k of the unit at bw (quarter q of a K-quant super-block) as signed byte levels: lo, hi.
+fn unit_levels(f: u32, bw: u32, q: u32, k: u32) -> vec2<u32> {
+    switch f {
+        case WFMT_Q8_0: { return vec2<u32>(w[bw + 1u + k], w[bw + 5u + k]); }
+        case WFMT_Q4_0: { return q8_centre(dq_q4_bytes(w[bw + 1u + k]), 4u); }
+        case WFMT_Q5_0: { return q8_centre(dq_q5_bytes(w[bw + 2u + k], w[bw + 1u], k), 5u); }
+        case WFMT_Q6_K: {
+            let h = q / 2u;
+            let a = q % 2u;
+            return q8_centre(dq_q6k_bytes(w[bw + 16u * h + 8u * a + k], w[bw + 32u + 8u * h + k], a), 6u);
+        }
+        case WFMT_Q4_1: { return dq_q4_bytes(w[bw + 1u + k]); }
+        case WFMT_Q5_1: { return dq_q5_bytes(w[bw + 2u + k], w[bw + 1u], k); }
+        case WFMT_Q4_K: { return dq_q4_bytes(w[bw + 4u + 8u * q + k]); }
+        default: { return dq_q5k_bytes(w[bw + 12u + 8u * q + k], w[bw + 4u + k], q); }
+    }
+}
+
+// Integer-sum flushes per unit: Q6_K's two halves have their own scales.
+fn q8_halves(f: u32) -> u32 {
+    return select(1u, 2u, f == WFMT_Q6_K);
+}
+
+// The (lo, hi) scales of half h of a unit whose affine maps are `a` (unit_affine).
+fn q8_scales(f: u32, a: vec4<f32>, h: u32) -> vec2<f32> {
+    if f == WFMT_Q6_K {
+        return select(a.xy, a.zw, h == 1u);
+    }
+    return a.xz;
+}
+
+// The offsets' share of a unit: offset * d * sum(q) of its block(s) (one block for the 32-element
+// formats, whose lo and hi halves share it; two for Q4_K / Q5_K).
+fn q8_offsets(f: u32, a: vec4<f32>, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
+    switch f {
+        case WFMT_Q4_1, WFMT_Q5_1: { return a.y * lo.y; }
+        case WFMT_Q4_K, WFMT_Q5_K: { return a.y * lo.y + a.w * hi.y; }
+        default: { return 0.0; }
+    }
+}
+
+// matvec_quant's `accumulate` over the quantized x: the dot products of rows r0 .. r0 + RPI with the
+// tokens' x, into acc; the sums of squares (NORM) into ss.
+fn accumulate_q8(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
+    let row_words = (p.cols / dq_block_size(f)) * dq_block_words(f);
+    let halves = q8_halves(f);
+    let hk = nk(f) / halves;
+    for (var u = lane; u < p.cols / unit_elems(f); u = u + TPR) {
+        let q = u % 4u;
+        for (var rr = 0u; rr < RPI; rr = rr + 1u) {
+            let r = min(r0 + rr, p.rows - 1u);
+            ubw[rr] = unit_word(f, seg_base + (r - seg_row0) * row_words, u);
+            uaff[rr] = unit_affine(f, ubw[rr], q);
+        }
+        let xi = unit_x(f, u);
+        // The blocks of the unit's lo and hi elements (the same block for the 32-element formats).
+        let bl = xi / 8u;
+        let bh = (xi + ho(f)) / 8u;
+        for (var t = 0u; t < TOK; t = t + 1u) {
+            let db = xbase[t] / 8u;
+            dl[t] = xd[db + bl];
+            dh[t] = xd[db + bh];
+            if NORM {
+                ss[t] = ss[t] + dl[t].z + select(dh[t].z, 0.0, bl == bh);
+            }
+        }
+        for (var h = 0u; h < halves; h = h + 1u) {
+            for (var i = 0u; i < RPI * TOK; i = i + 1u) {
+                ilo[i] = 0;
+                ihi[i] = 0;
+            }
+            for (var k = h * hk; k < (h + 1u) * hk; k = k + 1u) {
+                for (var t = 0u; t < TOK; t = t + 1u) {
+                    ql[t] = xq[xbase[t] + xi + k];
+                    qh[t] = xq[xbase[t] + xi + k + ho(f)];
+                }
+                for (var rr = 0u; rr < RPI; rr = rr + 1u) {
+                    let lv = unit_levels(f, ubw[rr], q, k);
+                    for (var t = 0u; t < TOK; t = t + 1u) {
+                        let i = rr * TOK + t;
+                        ilo[i] = ilo[i] + dot4I8Packed(lv.x, ql[t]);
+                        ihi[i] = ihi[i] + dot4I8Packed(lv.y, qh[t]);
+                    }
+                }
+            }
+            for (var rr = 0u; rr < RPI; rr = rr + 1u) {
+                let s = q8_scales(f, uaff[rr], h);
+                for (var t = 0u; t < TOK; t = t + 1u) {
+                    let i = rr * TOK + t;
+                    acc[i] = acc[i] + s.x * dl[t].x * f32(ilo[i]) + s.y * dh[t].x * f32(ihi[i]);
+                }
+            }
+        }
+        for (var rr = 0u; rr < RPI; rr = rr + 1u) {
+            for (var t = 0u; t < TOK; t = t + 1u) {
+                acc[rr * TOK + t] = acc[rr * TOK + t] + q8_offsets(f, uaff[rr], dl[t], dh[t]);
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(WG / RPI)
+fn matvec_q8(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    // As matvec_quant: rows past the end compute on the last row, tokens past the end on the last token,
+    // and neither is stored.
+    let wg_row0 = (wid.x + wid.y * nwg.x) * (WG / TPR);
+    let r0 = wg_row0 + (lid / TPR) * RPI;
+    let lane = lid % TPR;
+    let t0 = wid.z * TOK;
+    let n_tok = min(TOK, step.n - min(t0, step.n));
+    let tok_last = max(n_tok, 1u) - 1u;
+    for (var i = 0u; i < 32u; i = i + 1u) {
+        acc[i] = 0.0;
+    }
+    for (var t = 0u; t < TOK; t = t + 1u) {
+        ss[t] = 0.0;
+        xbase[t] = (t0 + min(t, tok_last)) * (p.cols / 4u);
+    }
+    if r0 < p.rows {
+        if wg_row0 >= p.split {
+            accumulate_q8(WFMT2, p.seg_word, p.split, r0, lane);
+        } else {
+            accumulate_q8(WFMT, 0u, 0u, r0, lane);
+        }
+    }
+    linear_epilogue(r0, t0, n_tok, lid, lane);
+}
