@@ -2,7 +2,7 @@
 # One check of glint on a machine with a real GPU, in about 8 minutes: build, the whole test suite on
 # the GPU, the kernel lab (quick: every case validated, then the decode-relevant cases timed), and
 # glint bench on the real GGUF (pp512, tg128, tg at depths 4096 and 16384, f16 and f32 KV cache, tg128 of
-# 1 to 16 sequences decoded together).
+# 1 to 16 sequences decoded together, and tg128 of 1 and 4 through the int8 matvec).
 # Everything lands in one directory (default $OUT, else gpu-check/): report.md (the summary to paste
 # into docs/PERFORMANCE.md), the logs, and the JSON reports.
 # Usage: scripts/gpu-check.sh [OUT_DIR]        Needs: a Rust toolchain, the model (scripts/fetch-model.sh).
@@ -50,10 +50,12 @@ if [[ -f $model ]]; then
   step bench-f32kv 120 target/release/glint bench -m "$model" -p 512 -n 128 -r 2 -d 0,16384 --kv-type f32 --json-file "$out/bench-f32.json"
   # Batched decode (glint serve's continuous batching): the aggregate of S sequences against one.
   step bench-parallel 120 target/release/glint bench -m "$model" -p 0 -n 128 -r 3 --parallel 1,2,4,8,16 --json-file "$out/bench-parallel.json"
+  # The int8 matvec (off by default): tg128 of 1 and 4 sequences against the two steps above.
+  step bench-int8 90 target/release/glint bench -m "$model" -p 512 -n 128 -r 3 --parallel 1,4 --int8 matvec --json-file "$out/bench-int8.json"
   say ""
   say "## glint bench ($model)"
   say ""
-  for f in bench bench-f32kv bench-parallel; do
+  for f in bench bench-f32kv bench-parallel bench-int8; do
     [[ -f $out/$f.log ]] && grep -E '^\||^glint [0-9]' "$out/$f.log" | tee -a "$report" >/dev/null && say ""
   done
 else

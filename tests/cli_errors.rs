@@ -114,6 +114,10 @@ fn bad_flags_and_files_fail_before_loading() {
             vec!["'q2_k' is not one of f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k"],
         ),
         (
+            run(&["--int8", "always"]),
+            vec!["invalid value 'always' for '--int8 <MODE>': 'always' is not one of off, decode, matvec"],
+        ),
+        (
             run(&["-n", "abc"]),
             vec!["invalid value 'abc' for '--max-tokens <N>'"],
         ),

@@ -13,6 +13,7 @@ mod common;
 use common::kernel_ctx::{ctx_with, Ctx};
 use common::{run_meta, Rng};
 use glint::graph::{CallShape, Linear, NormWeight};
+use glint::kernels::{Int8, Shapes};
 use glint::lab::check;
 use glint::quant::QuantType;
 use glint::reference as r;
@@ -33,9 +34,9 @@ const QUANTS: [QuantType; 8] = [
 ];
 
 /// A context with the int8 matvec on, adjusted by `f`.
-fn ctx_int8(f: impl FnOnce(&mut glint::kernels::Shapes)) -> Option<Ctx> {
+fn ctx_int8(f: impl FnOnce(&mut Shapes)) -> Option<Ctx> {
     ctx_with(|s| {
-        s.int8 = true;
+        s.int8 = Int8::Matvec;
         s.tiled_from = None;
         f(s);
     })
@@ -185,43 +186,47 @@ fn int8_matvec_workgroup_shapes() {
     }
 }
 
-/// A call long enough for the tiled matmul reads x in f32: no quantize is recorded, and the result is
-/// the f32 path's.
+/// Which calls read int8 x: with `Int8::Matvec` every matvec variant but not the tiled matmul (a call
+/// long enough for it records no quantize, and its result is the f32 path's); with `Int8::Decode` the
+/// one-token matvec only.
 #[test]
-fn int8_leaves_the_tiled_matmul_in_f32() {
-    let Some(c) = ctx_int8(|s| s.tiled_from = Some(8)) else {
-        return;
-    };
-    let (f, rows, cols, n) = (QuantType::Q4_K, 256, 512, 12);
-    let mut rng = Rng::new(5);
-    let (h, w) = host(&mut rng, f, rows, cols);
-    let lin = Linear {
-        w: Matrix::upload(&c.gpu, &h).unwrap(),
-        b: None,
-    };
-    let x = rng.vec(n * cols, 1.0);
-    let (xb, yb) = (
-        c.buf(&x),
-        c.gpu.storage("y", (n * rows * 4) as u64).unwrap(),
-    );
-    let mut g = c.graph();
-    g.linear(&lin, &xb, &yb);
-    let plan = g.finish().unwrap();
-    assert_eq!(plan.labels(CallShape::new(n, 0)), ["matmul"]);
-    assert_eq!(
-        plan.labels(CallShape::new(2, 0)),
-        ["quantize_q8", "matvec_q8_tok"]
-    );
-    run(&c, &plan, n, &[]);
-    let want = r::linear(&w, cols, &x, None, None);
-    common::kernel_ctx::check_linear(
-        "tiled with int8 on",
-        &c.read(&yb, n * rows),
-        &want,
-        &w,
-        cols,
-        &x,
-    );
+fn int8_covers_the_variants_its_mode_says() {
+    let (f, rows, cols) = (QuantType::Q4_K, 256, 512);
+    for (mode, tiled_from) in [(Int8::Matvec, Some(8)), (Int8::Decode, None)] {
+        let Some(c) = ctx_int8(|s| {
+            s.int8 = mode;
+            s.tiled_from = tiled_from;
+        }) else {
+            return;
+        };
+        let mut rng = Rng::new(5);
+        let (h, w) = host(&mut rng, f, rows, cols);
+        let lin = Linear {
+            w: Matrix::upload(&c.gpu, &h).unwrap(),
+            b: None,
+        };
+        let n = 12;
+        let x = rng.vec(n * cols, 1.0);
+        let xb = c.buf(&x);
+        let yb = c.gpu.storage("y", (n * rows * 4) as u64).unwrap();
+        let mut g = c.graph();
+        g.linear(&lin, &xb, &yb);
+        let plan = g.finish().unwrap();
+        let labels = |n| plan.labels(CallShape::new(n, 0));
+        assert_eq!(labels(1), ["quantize_q8", "matvec_q8"], "{mode:?}");
+        if mode == Int8::Matvec {
+            assert_eq!(labels(n), ["matmul"]);
+            assert_eq!(labels(2), ["quantize_q8", "matvec_q8_tok"]);
+        } else {
+            assert_eq!(labels(n), ["matvec_tok"]);
+            assert_eq!(labels(2), ["matvec_tok"]);
+        }
+        // n tokens through the f32 kernel (the tiled matmul, or the matvec over blocks).
+        run(&c, &plan, n, &[]);
+        let want = r::linear(&w, cols, &x, None, None);
+        let name = format!("{mode:?} n={n} (f32 x)");
+        common::kernel_ctx::check_linear(&name, &c.read(&yb, n * rows), &want, &w, cols, &x);
+    }
 }
 
 /// W rmsnorm(x) + b over q, k, v stacked in two formats (the real Q4_K_M file's Q5_0 q, k and Q8_0 v):

@@ -9,7 +9,7 @@ mod cli;
 mod common;
 
 use glint::gpu::DeviceCaps;
-use glint::kernels::{Reduce, Shapes};
+use glint::kernels::{Int8, Reduce, Shapes};
 use glint::tune::{self, TuneDevice, TuneFile, Tuning};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -45,7 +45,7 @@ fn tuned() -> Shapes {
         attn_split_keys: 1024,
         attn_max_splits: 16,
         attn_split_tokens: 8,
-        int8: true,
+        int8: Int8::Matvec,
     }
 }
 
@@ -117,13 +117,13 @@ fn tuning_file_without_int8_loads_it_off() {
     assert_eq!(
         s,
         Shapes {
-            int8: false,
+            int8: Int8::Off,
             ..tuned()
         }
     );
-    let p = edited("tune-int8-type", |v| v["shapes"]["int8"] = 1.into());
+    let p = edited("tune-int8-type", |v| v["shapes"]["int8"] = "always".into());
     let e = load_err(&p, &caps(FP));
-    assert!(e.contains("field 'shapes.int8' is 1: invalid type"), "{e}");
+    assert!(e.contains("field 'shapes.int8' is \"always\": unknown variant `always`, expected one of `off`, `decode`, `matvec`"), "{e}");
 }
 
 #[test]

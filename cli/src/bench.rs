@@ -87,9 +87,7 @@ pub fn bench(a: BenchArgs) -> glint::Result<()> {
         ..Default::default()
     };
     let mut opts = spec.load_options(a.model.gpu.options()?);
-    opts.quant = a.model.quant;
-    opts.kv_type = a.model.kv_type;
-    opts.tune = glint::tune::Tuning::file_or_auto(a.model.tune.clone());
+    a.model.apply(&mut opts)?;
     let path = a.model.resolve(false)?;
     eprintln!("glint bench: loading {}", path.display());
     let mut model = Model::load(&path, opts)?;

@@ -3,7 +3,7 @@
 //! to the terminal, and the summary line.
 
 use clap::Args;
-use glint::kernels::KvType;
+use glint::kernels::{Int8, KvType};
 use glint::quant::QuantType;
 use glint::stop::StopFilter;
 use glint::{Flow, GenerateOptions, Generation, LoadOptions, Model};
@@ -32,20 +32,36 @@ pub struct ModelArgs {
     /// this device. Default: the user cache's file for this device if any, else the device's defaults.
     #[arg(long, value_name = "FILE")]
     pub tune: Option<PathBuf>,
+    /// The int8 matvec over block-quantized (GGUF, --quant) weights: each layer's input rounded to 8
+    /// bits per 32 elements and summed 4 bytes at a time (dot4I8Packed), as llama.cpp's CPU backend
+    /// does. off: f32 inputs, the default; decode: for one-token calls (a single sequence's decode:
+    /// faster on lavapipe); matvec: for every matvec call (the tiled matmul of long prompts stays
+    /// f32). The rounding changes answers slightly (greedy text can diverge after a few tokens).
+    /// Default: the tuning file's choice, else off.
+    #[arg(long, value_name = "MODE", value_parser = parse_int8)]
+    pub int8: Option<Int8>,
     #[command(flatten)]
     pub gpu: crate::GpuArgs,
 }
 
 impl ModelArgs {
-    /// Load options with these flags' quantization, KV cache type and GPU; the rest default.
+    /// Load options with these flags' quantization, KV cache type, kernel shapes and GPU; the rest
+    /// default.
     pub fn load_options(&self) -> glint::Result<LoadOptions> {
-        Ok(LoadOptions {
-            gpu: self.gpu.options()?,
-            quant: self.quant,
-            kv_type: self.kv_type,
-            tune: glint::tune::Tuning::file_or_auto(self.tune.clone()),
-            ..Default::default()
-        })
+        let mut opts = LoadOptions::default();
+        self.apply(&mut opts)?;
+        Ok(opts)
+    }
+
+    /// Set these flags' fields of `opts` (the GPU, --quant, --kv-type, --tune, --int8), leaving the
+    /// others as they are.
+    pub fn apply(&self, opts: &mut LoadOptions) -> glint::Result<()> {
+        opts.gpu = self.gpu.options()?;
+        opts.quant = self.quant;
+        opts.kv_type = self.kv_type;
+        opts.tune = glint::tune::Tuning::file_or_auto(self.tune.clone());
+        opts.int8 = self.int8;
+        Ok(())
     }
 
     /// The model's local path: the path given, or the repo id resolved through the Hugging Face cache
@@ -60,6 +76,13 @@ fn parse_quant(s: &str) -> Result<QuantType, String> {
         let names: Vec<&str> = QuantType::ALL.iter().map(|t| t.name()).collect();
         format!("'{s}' is not one of {}", names.join(", ").to_lowercase())
     })
+}
+
+fn parse_int8(s: &str) -> Result<Int8, String> {
+    [Int8::Off, Int8::Decode, Int8::Matvec]
+        .into_iter()
+        .find(|m| m.name() == s.to_ascii_lowercase())
+        .ok_or_else(|| format!("'{s}' is not one of off, decode, matvec"))
 }
 
 fn parse_kv_type(s: &str) -> Result<KvType, String> {

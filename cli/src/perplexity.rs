@@ -112,17 +112,14 @@ pub fn perplexity(a: PerplexityArgs) -> glint::Result<()> {
     }
     // Every token of a call may be a scored position: as many output rows as tokens (the engine
     // caps them at one binding's worth of logits).
-    let opts = LoadOptions {
-        gpu: a.model.gpu.options()?,
+    let mut opts = LoadOptions {
         ctx_size: Some(n_ctx),
         batch,
         max_outputs: Some(batch),
         fuse: !a.no_fuse,
-        kv_type: a.model.kv_type,
-        quant: a.model.quant,
-        tune: glint::tune::Tuning::file_or_auto(a.model.tune.clone()),
         ..Default::default()
     };
+    a.model.apply(&mut opts)?;
     let (mut model, path) = load_model(&a.model, opts, a.quiet)?;
     let tokens = tokenize_text(&model, &text)?;
     let bos = model_bos(&model)?;

@@ -285,6 +285,10 @@ pub struct BenchReport {
     pub kv_bytes: u64,
     /// KV cache element type ("f16", "f32").
     pub kv_type: String,
+    /// Where the int8 matvec runs ("off", "decode", "matvec": `Shapes::int8`). Absent in reports
+    /// written before it.
+    #[serde(default)]
+    pub int8: String,
     /// Bytes of every buffer the model allocated on the GPU (weights, KV cache, activations).
     pub gpu_allocated_bytes: u64,
     /// Dispatches of one decode step.
@@ -370,7 +374,6 @@ pub fn run_bench(model: &mut Model, spec: &BenchSpec) -> Result<BenchReport> {
     let machine = Machine::capture();
     let batch = spec.batch.clamp(1, ctx);
     let n_valid = model.n_valid();
-    let dispatches = model.decode_dispatches();
     let mut tests = Vec::new();
 
     for depth in spec.depth_list() {
@@ -390,6 +393,10 @@ pub fn run_bench(model: &mut Model, spec: &BenchSpec) -> Result<BenchReport> {
                 .map(|_| once(model, &ids))
                 .collect::<Result<Vec<_>>>()?;
             let submits = p.div_ceil(batch);
+            // Calls of `batch` tokens, the last of the rest; one output each.
+            let dispatches: usize = (0..submits)
+                .map(|c| model.call_dispatches((p - c * batch).min(batch), 1, depth + p))
+                .sum();
             tests.push(summarise(
                 test_name(format!("pp{p}"), depth),
                 depth,
@@ -400,7 +407,7 @@ pub fn run_bench(model: &mut Model, spec: &BenchSpec) -> Result<BenchReport> {
                 depth as f64 + (p + 1) as f64 / 2.0,
                 None,
                 submits,
-                submits * dispatches,
+                dispatches,
             ));
         }
 
@@ -454,7 +461,7 @@ pub fn run_bench(model: &mut Model, spec: &BenchSpec) -> Result<BenchReport> {
                 // Step i (0-based) attends to depth + tg_prompt + i + 1 cached tokens in every slot.
                 let avg_ctx = (depth + spec.tg_prompt) as f64 + (n + 1) as f64 / 2.0;
                 let at = avg_ctx.round() as usize;
-                let dispatches = model.decode_dispatches_at(at);
+                let dispatches = model.call_dispatches(seqs, seqs, at);
                 // A step reads the weights once and every slot's keys and values.
                 let kv = model.bytes_per_token(at) - model.bytes_per_token(0);
                 let bytes = (model.bytes_per_token(0) + seqs as u64 * kv) / seqs as u64;
@@ -499,8 +506,9 @@ pub fn run_bench(model: &mut Model, spec: &BenchSpec) -> Result<BenchReport> {
         warmup: spec.warmup,
         kv_bytes: model.kv_bytes(),
         kv_type: model.kv_type().name().to_string(),
+        int8: model.kernels().shapes.int8.name().to_string(),
         gpu_allocated_bytes: model.gpu.allocated_bytes(),
-        decode_dispatches: dispatches,
+        decode_dispatches: model.decode_dispatches(),
         machine,
         load_avg_end: load_average(),
         tests,
@@ -646,13 +654,14 @@ impl BenchReport {
             out += &line(r);
         }
         out += &format!(
-            "\nglint {}, {} ({}, {}), ctx {}, {} KV cache, batch {}, r {}{}, tg after {} prompt tokens{}; {}; load average at end {}\n",
+            "\nglint {}, {} ({}, {}), ctx {}, {} KV cache, int8 matvec {}, batch {}, r {}{}, tg after {} prompt tokens{}; {}; load average at end {}\n",
             self.glint_version,
             self.device,
             self.device_type,
             self.driver,
             self.ctx_size,
             self.kv_type,
+            if self.int8.is_empty() { "off" } else { &self.int8 },
             self.batch,
             self.reps,
             if self.warmup { " after a warm-up run" } else { "" },

@@ -55,7 +55,10 @@ pub struct LoadOptions {
     /// Where the kernel shapes come from: a tuning file (`glint lab --sweep --tune-out`), the user
     /// cache's file for this device, or the device's defaults. Default: [`Tuning::Auto`].
     pub tune: Tuning,
-    /// Adjust the kernel shapes (tests, experiments), after the tuning file.
+    /// Where the int8 matvec runs (`Shapes::int8`), over the tuning file's or the device's choice
+    /// (`--int8`). Default: theirs (off unless a tuning file says otherwise).
+    pub int8: Option<crate::kernels::Int8>,
+    /// Adjust the kernel shapes (tests, experiments), after the tuning file and `int8`.
     pub shapes: Option<ShapesFn>,
     /// Called with (tensor name, bytes uploaded so far, total bytes) while weights upload.
     pub progress: Option<Progress>,
@@ -74,6 +77,7 @@ impl Default for LoadOptions {
             fuse: true,
             kv_type: None,
             tune: Tuning::Auto,
+            int8: None,
             shapes: None,
             progress: None,
             quant: None,
@@ -518,6 +522,9 @@ impl Model {
             Some(p) => log::info!("kernel shapes from the tuning file {}", p.display()),
             None => log::info!("kernel shapes: the device's defaults"),
         }
+        if let Some(m) = opts.int8 {
+            shapes.int8 = m;
+        }
         if let Some(f) = &opts.shapes {
             f(&mut shapes);
         }
@@ -765,6 +772,17 @@ impl Model {
         let call = CallShape {
             kv_splits: self.kv_splits(&[[0, ctx_len as u32]]),
             ..CallShape::new(1, 1)
+        };
+        self.plan.dispatches_for(call)
+    }
+    /// Dispatches of a call of `tokens` tokens of sequences with `ctx_len` tokens cached, producing
+    /// `outputs` rows of logits (the variant each linear layer picks, its int8 quantize included, and
+    /// split-K attention's reduces where the call splits).
+    pub fn call_dispatches(&self, tokens: usize, outputs: usize, ctx_len: usize) -> usize {
+        let meta = vec![[0, ctx_len as u32]; tokens];
+        let call = CallShape {
+            kv_splits: self.kv_splits(&meta),
+            ..CallShape::new(tokens, outputs)
         };
         self.plan.dispatches_for(call)
     }

@@ -12,7 +12,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::{Kernels, KvType, LinearKernel, LinearSpec, PipelineKey};
+use crate::kernels::{Int8, Kernels, KvType, LinearKernel, LinearSpec, PipelineKey};
 use crate::uniforms::{
     ArgmaxParams, AttnParams, EmbedParams, EwParams, MatParams, NormParams, RopeParams, Step,
     LINEAR_ACCUMULATE, LINEAR_BIAS,
@@ -122,35 +122,35 @@ struct LinearOp {
     half_blocks: Option<(u32, Dispatch)>,
     /// The tiled matmul, from `tiled_from` tokens on (devices that have it).
     tiled: Option<(u32, Dispatch)>,
-    /// The int8 matvecs' quantize of x (quantize.wgsl), run before them (not before the tiled matmul,
-    /// which reads x in f32); on the first chunk of a matrix only, the others reading the same xq.
+    /// The int8 matvecs' quantize of x (quantize.wgsl), run before the variants `int8` covers; on the
+    /// first chunk of a matrix only, the others reading the same xq.
     quantize: Option<Dispatch>,
+    int8: Int8,
 }
 
 impl LinearOp {
-    fn tiled(&self, n: u32) -> Option<&Dispatch> {
-        match &self.tiled {
-            Some((from, d)) if n > 1 && n >= *from => Some(d),
-            _ => None,
+    /// The variant a call of n rows runs.
+    fn variant(&self, n: u32) -> LinearKernel {
+        match (&self.tiled, &self.half_blocks) {
+            _ if n <= 1 => LinearKernel::Single,
+            (Some((from, _)), _) if n >= *from => LinearKernel::Tiled,
+            (_, Some((upto, _))) if n <= *upto => LinearKernel::HalfBlocks,
+            _ => LinearKernel::Blocks,
         }
     }
 
-    fn pick(&self, n: u32) -> &Dispatch {
-        if let Some(d) = self.tiled(n) {
-            return d;
-        }
-        match &self.half_blocks {
-            _ if n <= 1 => &self.single,
-            Some((upto, d)) if n <= *upto => d,
-            _ => &self.blocks,
-        }
-    }
-
-    /// The dispatches a call of n rows records: the quantize if the matvec picked reads int8 x, then the
-    /// kernel.
+    /// The dispatches a call of n rows records: the quantize if the variant it runs reads int8 x,
+    /// then the kernel.
     fn picks(&self, n: u32) -> impl Iterator<Item = &Dispatch> {
-        let quantize = self.quantize.as_ref().filter(|_| self.tiled(n).is_none());
-        quantize.into_iter().chain(std::iter::once(self.pick(n)))
+        let v = self.variant(n);
+        let kernel = match v {
+            LinearKernel::Single => &self.single,
+            LinearKernel::Blocks => &self.blocks,
+            LinearKernel::HalfBlocks => &self.half_blocks.as_ref().expect("picked").1,
+            LinearKernel::Tiled => &self.tiled.as_ref().expect("picked").1,
+        };
+        let quantize = self.quantize.as_ref().filter(|_| self.int8.covers(v));
+        quantize.into_iter().chain(std::iter::once(kernel))
     }
 }
 
@@ -647,11 +647,16 @@ impl<'a> Graph<'a> {
             glu: o.glu,
             x8: false,
         };
-        // The int8 matvec: both formats block-quantized (the tiled matmul stays in f32).
-        let x8 = shapes.int8 && !FLOATS.contains(&spec.format) && !FLOATS.contains(&spec.format2);
-        let matvec_spec = LinearSpec {
-            x8,
-            gather: spec.gather && !x8,
+        // The int8 matvec, for the variants shapes.int8 covers, where both formats are block-quantized.
+        let int8 = if FLOATS.contains(&spec.format) || FLOATS.contains(&spec.format2) {
+            Int8::Off
+        } else {
+            shapes.int8
+        };
+        let x8 = int8 != Int8::Off;
+        let spec_for = |k: LinearKernel| LinearSpec {
+            x8: int8.covers(k),
+            gather: spec.gather && !int8.covers(k),
             ..spec
         };
         let (g, eps) = match o.norm {
@@ -682,11 +687,7 @@ impl<'a> Graph<'a> {
                 pipes.push(None);
                 continue;
             }
-            let spec = if k == LinearKernel::Tiled {
-                spec
-            } else {
-                matvec_spec
-            };
+            let spec = spec_for(k);
             // Every variant asked for (a probe lists them all), then the op given up if one is missing.
             let p = self.pipeline(PipelineKey::Linear(k, spec));
             missing |= p.is_none();
@@ -762,29 +763,26 @@ impl<'a> Graph<'a> {
             };
             let row_groups = (c.rows as u32).div_ceil(shapes.rows_per_wg());
             let count = o.count;
-            let make = |g: &Self, i: usize, label, grid| {
-                let b: &[(u32, &wgpu::Buffer)] = if i == 3 { &bufs } else { &bufs_x8 };
+            let make = |g: &Self, i: usize, grid| {
+                let k = kernels[i];
+                let (b, label): (&[(u32, &wgpu::Buffer)], _) = match k {
+                    LinearKernel::Tiled => (&bufs, "matmul"),
+                    _ if int8.covers(k) && k == LinearKernel::Single => (&bufs_x8, "matvec_q8"),
+                    _ if int8.covers(k) => (&bufs_x8, "matvec_q8_tok"),
+                    LinearKernel::Single => (&bufs, "matvec"),
+                    _ => (&bufs, "matvec_tok"),
+                };
                 g.make(label, pipes[i].as_ref().expect("built"), b, grid)
             };
-            let (single_label, tok_label) = if x8 {
-                ("matvec_q8", "matvec_q8_tok")
-            } else {
-                ("matvec", "matvec_tok")
-            };
-            let single = make(self, 0, single_label, Grid::Rows(row_groups, 1, count));
-            let blocks = make(
-                self,
-                1,
-                tok_label,
-                Grid::Rows(row_groups, shapes.block_tokens, count),
-            );
+            let single = make(self, 0, Grid::Rows(row_groups, 1, count));
+            let blocks = make(self, 1, Grid::Rows(row_groups, shapes.block_tokens, count));
             let half_blocks = shapes.half_block_tokens().map(|tok| {
                 let grid = Grid::Rows(row_groups, tok, count);
-                (tok, make(self, 2, tok_label, grid))
+                (tok, make(self, 2, grid))
             });
             let tiled = shapes.tiled_from.map(|from| {
                 let grid = Grid::Tiles((c.rows as u32).div_ceil(32), 32, count);
-                (from, make(self, 3, "matmul", grid))
+                (from, make(self, 3, grid))
             });
             self.plan.ops.push(Op::Linear(Box::new(LinearOp {
                 count,
@@ -793,6 +791,7 @@ impl<'a> Graph<'a> {
                 half_blocks,
                 tiled,
                 quantize: quantize.take(),
+                int8,
             })));
         }
     }

@@ -165,14 +165,53 @@ pub struct Shapes {
     pub attn_split_keys: u32,
     pub attn_max_splits: u32,
     pub attn_split_tokens: u32,
-    /// The quantized matvecs take x quantized to 8 bits per 32-element block (quantize.wgsl, one
-    /// dispatch per linear layer's input) and sum with `dot4I8Packed` (matvec_q8.wgsl), as ggml's
-    /// Q8_0 / Q8_1 activations: a quarter of x's bytes per load, integer dot products 4 at a time, at
-    /// the cost of x's 8-bit rounding (about 0.4% of each block's largest value). Off by default: on
-    /// lavapipe it is slower (docs/PERFORMANCE.md); a tuning file turns it on where it pays. Tuning
-    /// files from before it read as off.
+    /// Which matvecs over block-quantized weights take x quantized to 8 bits per 32-element block
+    /// (quantize.wgsl, one dispatch per linear layer's input) and sum with `dot4I8Packed`
+    /// (matvec_q8.wgsl), as ggml's Q8_0 / Q8_1 activations: a quarter of x's bytes per load, integer
+    /// dot products 4 at a time, at the cost of x's 8-bit rounding (at most half a step, 1/254 of each
+    /// block's largest value) and one more dispatch per layer input. Off by default on every device,
+    /// and not swept: the rounding changes greedy answers (the real GGUF goldens: 4 of 6 Qwen2.5
+    /// and 2 of 4 SmolLM2 prompts still match), which is the user's choice to make, in a tuning
+    /// file. Files from before it read as off.
     #[serde(default)]
-    pub int8: bool,
+    pub int8: Int8,
+}
+
+/// Where the int8 matvec runs ([`Shapes::int8`]).
+#[derive(
+    Copy, Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Int8 {
+    /// Nowhere: every matvec reads x in f32 (the default).
+    #[default]
+    Off,
+    /// The one-token matvec (decode of one sequence) only: on lavapipe a decode step is about 1.2-1.4x
+    /// faster (the fused RMSNorm's work on x is done once, in the quantize, rather than per row slot),
+    /// while the matvec over blocks of tokens is slower with it (docs/PERFORMANCE.md). A sequence
+    /// decoded alone then rounds differently from one decoded in a batch.
+    Decode,
+    /// Every matvec variant (one token and blocks of tokens); the tiled matmul stays in f32.
+    Matvec,
+}
+
+impl Int8 {
+    /// Whether the linear kernel `k` reads int8 x.
+    pub fn covers(self, k: LinearKernel) -> bool {
+        match self {
+            Int8::Off => false,
+            Int8::Decode => k == LinearKernel::Single,
+            Int8::Matvec => k != LinearKernel::Tiled,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Int8::Off => "off",
+            Int8::Decode => "decode",
+            Int8::Matvec => "matvec",
+        }
+    }
 }
 
 impl Shapes {
@@ -197,7 +236,7 @@ impl Shapes {
                 attn_split_keys,
                 attn_max_splits: 16,
                 attn_split_tokens: 8,
-                int8: false,
+                int8: Int8::Off,
             },
             _ => Shapes {
                 reduce: Reduce::Shared,
@@ -210,7 +249,7 @@ impl Shapes {
                 attn_split_keys,
                 attn_max_splits: 16,
                 attn_split_tokens: 8,
-                int8: false,
+                int8: Int8::Off,
             },
         }
     }
@@ -379,7 +418,7 @@ pub struct LinearSpec {
     pub gather: bool,
     /// (gate, up) row pairs, SiLU-gated output (GLU).
     pub glu: bool,
-    /// x comes quantized to 8 bits (`Shapes::int8`; the int8 matvec, matvec_q8.wgsl). Its gather, if
+    /// x comes quantized to 8 bits ([`Shapes::int8`]; the int8 matvec, matvec_q8.wgsl). Its gather, if
     /// any, is the quantize's: `gather` is then false.
     pub x8: bool,
 }

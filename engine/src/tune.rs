@@ -9,7 +9,7 @@
 //!   "mode": "quick" | "thorough", "filter": "TEXT" | null, "dims": "the model shapes the sweep ran at",
 //!   "shapes": { "reduce": "subgroup" | "shared", "tpr", "matvec_wg", "attn_wg", "block_tokens",
 //!               "tiled_from": u32 | null, "lane_rows", "attn_split_keys", "attn_max_splits",
-//!               "attn_split_tokens", "int8": bool (optional, false when absent) },
+//!               "attn_split_tokens", "int8": "off" | "decode" | "matvec" (optional: off when absent) },
 //!   "sweep": [ { "parameter", "default", "chosen", "default_ns", "chosen_ns", "cases" } ]
 //! }
 //! ```
@@ -162,7 +162,7 @@ fn check_shape_fields(
         attn_split_keys: 512,
         attn_max_splits: 16,
         attn_split_tokens: 8,
-        int8: false,
+        int8: crate::kernels::Int8::Off,
     };
     let base = serde_json::to_value(base).expect("shapes serialise");
     let serde_json::Value::Object(base) = base else {
@@ -182,7 +182,7 @@ fn check_shape_fields(
             return Err(format!("field 'shapes.{k}' is {v}: {e}"));
         }
     }
-    // int8 came later: files without it read as false.
+    // int8 came later: files without it read as off.
     if let Some(k) = base.keys().find(|k| !m.contains_key(*k) && *k != "int8") {
         return Err(format!("field 'shapes.{k}' is missing"));
     }

@@ -7,13 +7,16 @@
 //! Cases, in table order:
 //! - matvec (decode, one token) for every weight type at [hidden, hidden], [intermediate, hidden],
 //!   [hidden, intermediate] and the LM head [vocab, hidden]; and batched decode (4 tokens of 4
-//!   sequences, the matvec over blocks of tokens) at [hidden, hidden] and [intermediate, hidden];
+//!   sequences, the matvec over blocks of tokens) at [hidden, hidden] and [intermediate, hidden]; each
+//!   also through the int8 matvec (`Shapes::int8`: x quantized to 8 bits, then dot4I8Packed; its time
+//!   includes the quantize's dispatch) for the block-quantized types;
 //! - prefill over `prefill` tokens (quick: 32) at [hidden, hidden] and [intermediate, hidden], through
 //!   both prefill shapes: matvec over blocks of tokens, and the tiled matmul;
 //! - the fused linear kernels of the decode step (one token): q, k, v stacked with the input norm
 //!   (one format, and the real Q4_K_M file's Q5_0 q/k with Q8_0 v), gate and up interleaved with the
 //!   norm and the SiLU-gated epilogue, the down projection accumulating into the residual, and the LM
-//!   head gathering the output row with the final norm;
+//!   head gathering the output row with the final norm; each also through the int8 matvec for the
+//!   block-quantized types;
 //! - decode attention (one query at position ctx - 1) at contexts 128, 1024, 4096 (quick: 64, 256),
 //!   over f32 and f16 caches, whole and split-K (the split the engine picks on this device, or 4 key
 //!   ranges where it picks none);
@@ -37,7 +40,7 @@ use crate::gpu::Gpu;
 use crate::graph::{
     rope_table, CallShape, Graph, Heads, KvLayer, Linear, NormWeight, Plan, StepBuffers,
 };
-use crate::kernels::{Kernels, KvType, Shapes};
+use crate::kernels::{Int8, Kernels, KvType, Shapes};
 use crate::reference as r;
 use crate::weights::{gpu_row_bytes, HostMatrix, Matrix, QuantType};
 use std::borrow::Cow;
@@ -88,6 +91,10 @@ struct GraphSuite<'g> {
     /// the tiled matmul from 2 tokens.
     k_tok: Kernels,
     k_tiled: Kernels,
+    /// The int8 matvec's (`Int8::Matvec`, on the matvec over blocks of tokens), for the cases named
+    /// "int8"; the other two have it off, whatever the shapes say, so that each case runs the kernel
+    /// its name says.
+    k_x8: Kernels,
     dummy: wgpu::Buffer, // [16 B] the absent bias
     pipelines_ms: f64,
 }
@@ -97,18 +104,21 @@ impl<'g> GraphSuite<'g> {
         let t = Instant::now();
         // As Model::build: one attention invocation per output dim of a head.
         shapes.attn_wg = shapes.attn_wg.max(dims.head_dim.next_power_of_two() as u32);
-        let with_tiled = |from| {
+        let with = |from, int8| {
             let mut s = shapes.clone();
             s.tiled_from = from;
+            s.int8 = int8;
             Kernels::new(gpu, s)
         };
-        let k_tok = with_tiled(None)?;
-        let k_tiled = with_tiled(Some(2))?;
+        let k_tok = with(None, Int8::Off)?;
+        let k_tiled = with(Some(2), Int8::Off)?;
+        let k_x8 = with(None, Int8::Matvec)?;
         Ok(GraphSuite {
             gpu,
             shapes,
             k_tok,
             k_tiled,
+            k_x8,
             dummy: gpu.storage("lab dummy", 16)?,
             pipelines_ms: t.elapsed().as_secs_f64() * 1e3,
         })
@@ -256,6 +266,68 @@ fn host_matrix(f: QuantType, rows: usize, cols: usize, bytes: Vec<u8>) -> HostMa
     }
 }
 
+/// Each of `items` with the f32 x (false), then each with the int8 matvec (true).
+fn int8_too<T: Copy>(items: &[T]) -> Vec<(bool, T)> {
+    [false, true]
+        .into_iter()
+        .flat_map(|b| items.iter().map(move |&t| (b, t)))
+        .collect()
+}
+
+/// A fused case's variant, with ", int8" inside its parentheses for the int8 matvec.
+fn fused_variant(base: &'static str, int8: bool) -> &'static str {
+    if !int8 {
+        return base;
+    }
+    match base {
+        "qkv (stacked, normed)" => "qkv (stacked, normed, int8)",
+        "gate_up (GLU, normed)" => "gate_up (GLU, normed, int8)",
+        "down (residual)" => "down (residual, int8)",
+        _ => "lm_head (gather, normed, int8)",
+    }
+}
+
+/// What a linear case's kernel reads as x, for its reference and tolerance: x (or rmsnorm(x) * g) in
+/// f32, or through the int8 matvec x (times g) rounded to 8 bits per 32-element block and scaled by the
+/// norm factor (`reference::q8_input`), with the blocks' steps.
+struct Seen {
+    x: Vec<f32>,
+    ds: Option<Vec<f32>>,
+}
+
+impl Seen {
+    fn input(int8: bool, x: &[f32], cols: usize, norm: Option<(&[f32], f32)>) -> Self {
+        if int8 {
+            let (x, ds) = r::q8_input(x, cols, norm);
+            return Seen { x, ds: Some(ds) };
+        }
+        let x = match norm {
+            Some((g, eps)) => r::rms_norm(x, g, eps),
+            None => x.to_vec(),
+        };
+        Seen { x, ds: None }
+    }
+
+    /// check::linear or check::linear_int8 of outputs computed from `self.x`.
+    fn check(&self, got: &[f32], want: &[f32], w: &[f32], cols: usize) -> Check {
+        match &self.ds {
+            Some(ds) => check::linear_int8(got, want, w, cols, (&self.x, ds)),
+            None => check::linear(got, want, w, cols, &self.x),
+        }
+    }
+
+    /// The bound of one output of weight row `w` (one token: x is one row).
+    fn tolerance(&self, w: &[f32]) -> f32 {
+        match &self.ds {
+            Some(ds) => check::int8_tolerance(w, &self.x, ds),
+            None => {
+                let l1: f32 = w.iter().zip(&self.x).map(|(p, q)| (p * q).abs()).sum();
+                1e-5 * l1 + 1e-6
+            }
+        }
+    }
+}
+
 /// Host data made on first use and shared by the cases of one shape (dropped with the last of them).
 type Shared<T> = Rc<OnceCell<T>>;
 
@@ -348,9 +420,17 @@ impl<'s> Cases<'s, '_> {
         ] {
             // [rows, cols] weights and [4, cols] x, made once for every type of the shape.
             let data: Shared<(Vec<f32>, Vec<f32>)> = Rc::default();
-            for &n in batches {
+            for (&n, int8) in batches.iter().flat_map(|n| [(n, false), (n, true)]) {
                 for f in TYPES {
-                    let variant = if n == 1 { "decode" } else { "batch4 (blocks)" };
+                    if int8 && !f.is_quantized() {
+                        continue;
+                    }
+                    let variant = match (n, int8) {
+                        (1, false) => "decode",
+                        (1, true) => "decode (int8)",
+                        (_, false) => "batch4 (blocks)",
+                        (_, true) => "batch4 (blocks, int8)",
+                    };
                     let id = id("matvec", variant, format!("{rows}x{cols}"), f.name());
                     if !self.usable(&id, f, cols) {
                         continue;
@@ -366,15 +446,18 @@ impl<'s> Cases<'s, '_> {
                                                         // of CPU.
                         let keep = (rows > 16384).then(|| lm_head_rows(s.gpu, f, rows, cols));
                         let (w, seen) = s.matrix(f, rows, cols, host, keep.as_deref())?;
+                        // int8: x read in f32 by the quantize, which writes a byte and 1/32 of a
+                        // 16-byte step per element, read by the matvec: 7 bytes per element.
+                        let x_bytes = if int8 { n * cols * 7 } else { n * cols * 4 };
                         let cost = Cost {
-                            bytes: (w.bytes() + (n * cols * 4 + n * rows * 4) as u64) as f64,
+                            bytes: (w.bytes() + (x_bytes + n * rows * 4) as u64) as f64,
                             flops: 2.0 * (n * rows * cols) as f64,
                         };
                         let lin = Linear { w, b: None };
                         let (xb, yb) = (s.buf(&x)?, s.zeros(n * rows)?); // y [n, rows]
                         let y = yb.clone();
                         s.case(
-                            &s.k_tok,
+                            if int8 { &s.k_x8 } else { &s.k_tok },
                             Call::batch(n, 0),
                             cost,
                             move |g| g.linear(&lin, &xb, &yb),
@@ -384,8 +467,14 @@ impl<'s> Cases<'s, '_> {
                                     None => all,
                                     Some(k) => k.iter().map(|&i| all[i]).collect(),
                                 };
-                                let want = r::linear(&seen, cols, &x, None, None);
-                                check::linear(&got, &want, &seen, cols, &x)
+                                if int8 {
+                                    let (x8, ds) = r::q8_input(&x, cols, None);
+                                    let want = r::linear(&seen, cols, &x8, None, None);
+                                    check::linear_int8(&got, &want, &seen, cols, (&x8, &ds))
+                                } else {
+                                    let want = r::linear(&seen, cols, &x, None, None);
+                                    check::linear(&got, &want, &seen, cols, &x)
+                                }
                             },
                         )
                     }));
@@ -476,10 +565,13 @@ impl<'s> Cases<'s, '_> {
                 [QuantType::Q5_0, QuantType::Q5_0, QuantType::Q8_0],
             ),
         ];
-        for (ty, formats) in qkv_formats {
+        for (int8, (ty, formats)) in int8_too(&qkv_formats) {
+            if int8 && !formats.iter().all(|f| f.is_quantized()) {
+                continue;
+            }
             let id = id(
                 "fused",
-                "qkv (stacked, normed)",
+                fused_variant("qkv (stacked, normed)", int8),
                 format!("{}x{h}", qd + 2 * kvd),
                 ty,
             );
@@ -509,30 +601,34 @@ impl<'s> Cases<'s, '_> {
                 let (xb, gb, yb) = (s.buf(&x)?, s.buf(&g)?, s.zeros(total)?);
                 let y = yb.clone();
                 s.case(
-                    &s.k_tok,
+                    if int8 { &s.k_x8 } else { &s.k_tok },
                     Call::seq(1, 0),
                     cost,
                     move |gr| {
                         gr.linear_normed(&lin, NormWeight { w: &gb, eps }, &xb, &yb, 0, total)
                     },
                     move |gpu| {
-                        let xn = r::rms_norm(&x, &g, eps);
-                        let want = r::linear(&w, h, &xn, Some(&bias), None);
-                        check::linear(&read(gpu, &y, 0, total)?, &want, &w, h, &xn)
+                        let xs = Seen::input(int8, &x, h, Some((&g, eps)));
+                        let want = r::linear(&w, h, &xs.x, Some(&bias), None);
+                        xs.check(&read(gpu, &y, 0, total)?, &want, &w, h)
                     },
                 )
             }));
         }
         // gate and up interleaved with the input norm and the SiLU-gated epilogue: y [intermediate].
-        for f in [
+        let gate_up_types = [
             QuantType::F32,
             QuantType::Q8_0,
             QuantType::Q4_K,
             QuantType::Q5_0,
-        ] {
+        ];
+        for (int8, f) in int8_too(&gate_up_types) {
+            if int8 && !f.is_quantized() {
+                continue;
+            }
             let id = id(
                 "fused",
-                "gate_up (GLU, normed)",
+                fused_variant("gate_up (GLU, normed)", int8),
                 format!("2x{i}x{h}"),
                 f.name(),
             );
@@ -555,24 +651,17 @@ impl<'s> Cases<'s, '_> {
                 let (xb, gb, yb) = (s.buf(&x)?, s.buf(&g)?, s.zeros(i)?);
                 let y = yb.clone();
                 s.case(
-                    &s.k_tok,
+                    if int8 { &s.k_x8 } else { &s.k_tok },
                     Call::seq(1, 0),
                     cost,
                     move |gr| gr.gate_up_normed(&lin, NormWeight { w: &gb, eps }, &xb, &yb),
                     move |gpu| {
-                        let xn = r::rms_norm(&x, &g, eps);
-                        let a = r::linear(&wg, h, &xn, None, None);
-                        let b = r::linear(&wu, h, &xn, None, None);
+                        let xs = Seen::input(int8, &x, h, Some((&g, eps)));
+                        let a = r::linear(&wg, h, &xs.x, None, None);
+                        let b = r::linear(&wu, h, &xs.x, None, None);
                         // Each side within the linear bound, propagated through silu(a) * b.
                         let got = read(gpu, &y, 0, i)?;
-                        let check_a = |w: &[f32], j: usize| -> f32 {
-                            let l1: f32 = w[j * h..(j + 1) * h]
-                                .iter()
-                                .zip(&xn)
-                                .map(|(p, q)| (p * q).abs())
-                                .sum();
-                            1e-5 * l1 + 1e-6
-                        };
+                        let check_a = |w: &[f32], j: usize| xs.tolerance(&w[j * h..(j + 1) * h]);
                         let mut worst = 0f64;
                         for j in 0..i {
                             let (ta, tb) = (check_a(&wg, j), check_a(&wu, j));
@@ -594,13 +683,18 @@ impl<'s> Cases<'s, '_> {
             }));
         }
         // The down projection accumulating into the residual stream: y += W x.
-        for f in [
+        let down_types = [
             QuantType::F32,
             QuantType::Q8_0,
             QuantType::Q4_K,
             QuantType::Q6_K,
-        ] {
-            let id = id("fused", "down (residual)", format!("{h}x{i}"), f.name());
+        ];
+        for (int8, f) in int8_too(&down_types) {
+            if int8 && !f.is_quantized() {
+                continue;
+            }
+            let variant = fused_variant("down (residual)", int8);
+            let id = id("fused", variant, format!("{h}x{i}"), f.name());
             if !self.usable(&id, f, i) {
                 continue;
             }
@@ -618,22 +712,26 @@ impl<'s> Cases<'s, '_> {
                 // Validation reads y after one call from the first y0 (the runner validates before
                 // it times).
                 s.case(
-                    &s.k_tok,
+                    if int8 { &s.k_x8 } else { &s.k_tok },
                     Call::seq(1, 0),
                     cost,
                     move |gr| gr.linear_residual(&lin, &xb, &yb),
                     move |gpu| {
-                        let want = r::linear(&seen, i, &x, None, Some(&y0));
-                        check::linear(&read(gpu, &y, 0, h)?, &want, &seen, i, &x)
+                        let xs = Seen::input(int8, &x, i, None);
+                        let want = r::linear(&seen, i, &xs.x, None, Some(&y0));
+                        xs.check(&read(gpu, &y, 0, h)?, &want, &seen, i)
                     },
                 )
             }));
         }
         // The LM head over the call's output row with the final norm: 8 tokens, the logits of row 5.
-        for f in [QuantType::F16, QuantType::Q8_0, QuantType::Q6_K] {
+        for (int8, f) in int8_too(&[QuantType::F16, QuantType::Q8_0, QuantType::Q6_K]) {
+            if int8 && !f.is_quantized() {
+                continue;
+            }
             let id = id(
                 "fused",
-                "lm_head (gather, normed)",
+                fused_variant("lm_head (gather, normed)", int8),
                 format!("{v}x{h}"),
                 f.name(),
             );
@@ -654,16 +752,16 @@ impl<'s> Cases<'s, '_> {
                 let (xb, gb, yb) = (s.buf(&x)?, s.buf(&g)?, s.zeros(v)?);
                 let y = yb.clone();
                 s.case(
-                    &s.k_tok,
+                    if int8 { &s.k_x8 } else { &s.k_tok },
                     Call::seq(n, 0).outputs(vec![row as u32]),
                     cost,
                     move |gr| gr.lm_head(&lin, NormWeight { w: &gb, eps }, &xb, &yb),
                     move |gpu| {
                         let all = read(gpu, &y, 0, v)?;
                         let got: Vec<f32> = keep.iter().map(|&i| all[i]).collect();
-                        let xn = r::rms_norm(&x[row * h..(row + 1) * h], &g, eps);
-                        let want = r::linear(&seen, h, &xn, None, None);
-                        check::linear(&got, &want, &seen, h, &xn)
+                        let xs = Seen::input(int8, &x[row * h..(row + 1) * h], h, Some((&g, eps)));
+                        let want = r::linear(&seen, h, &xs.x, None, None);
+                        xs.check(&got, &want, &seen, h)
                     },
                 )
             }));
