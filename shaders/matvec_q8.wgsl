@@ -143,27 +143,17 @@ fn matvec_q8(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    // As matvec_quant: rows past the end compute on the last row, tokens past the end on the last token,
-    // and neither is stored.
-    let wg_row0 = (wid.x + wid.y * nwg.x) * (WG / TPR);
-    let r0 = wg_row0 + (lid / TPR) * RPI;
-    let lane = lid % TPR;
-    let t0 = wid.z * TOK;
-    let n_tok = min(TOK, step.n - min(t0, step.n));
-    let tok_last = max(n_tok, 1u) - 1u;
-    for (var i = 0u; i < 32u; i = i + 1u) {
-        acc[i] = 0.0;
-    }
+    let at = matvec_begin(wid, nwg, lid);
+    // xq's first word of each token's row (the quantize gathered already).
     for (var t = 0u; t < TOK; t = t + 1u) {
-        ss[t] = 0.0;
-        xbase[t] = (t0 + min(t, tok_last)) * (p.cols / 4u);
+        xbase[t] = xbase[t] * (p.cols / 4u);
     }
-    if r0 < p.rows {
-        if wg_row0 >= p.split {
-            accumulate_q8(WFMT2, p.seg_word, p.split, r0, lane);
+    if at.r0 < p.rows {
+        if at.wg_row0 >= p.split {
+            accumulate_q8(WFMT2, p.seg_word, p.split, at.r0, at.lane);
         } else {
-            accumulate_q8(WFMT, 0u, 0u, r0, lane);
+            accumulate_q8(WFMT, 0u, 0u, at.r0, at.lane);
         }
     }
-    linear_epilogue(r0, t0, n_tok, lid, lane);
+    linear_epilogue(at.r0, at.t0, at.n_tok, lid, at.lane);
 }

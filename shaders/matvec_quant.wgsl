@@ -217,37 +217,55 @@ fn accumulate(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
     }
 }
 
-@compute @workgroup_size(WG / RPI)
-fn matvec_quant(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    // Rows r0 .. r0 + RPI; rows past the end compute on the last row and store nothing.
+// Where an invocation works: rows r0 .. r0 + RPI of the workgroup's rows from wg_row0, its lane, and
+// the workgroup's tokens t0 .. t0 + n_tok.
+struct Place {
+    wg_row0: u32,
+    r0: u32,
+    lane: u32,
+    t0: u32,
+    n_tok: u32,
+}
+
+// The start of both entry points (matvec_quant, matvec_q8): the invocation's place, acc and ss zeroed,
+// xbase[t] the token row of token t. Rows past the end compute on the last row, tokens past the end
+// on the last token (their sums are never stored).
+fn matvec_begin(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Place {
     let wg_row0 = (wid.x + wid.y * nwg.x) * (WG / TPR);
-    let r0 = wg_row0 + (lid / TPR) * RPI;
-    let lane = lid % TPR;
     let t0 = wid.z * TOK;
     let n_tok = min(TOK, step.n - min(t0, step.n));
     let tok_last = max(n_tok, 1u) - 1u;
     for (var i = 0u; i < 32u; i = i + 1u) {
         acc[i] = 0.0;
     }
-    // Tokens past the end re-read the last one (their sums are never stored).
     for (var t = 0u; t < TOK; t = t + 1u) {
         ss[t] = 0.0;
-        var row = t0 + min(t, tok_last);
+        xbase[t] = t0 + min(t, tok_last);
+    }
+    return Place(wg_row0, wg_row0 + (lid / TPR) * RPI, lid % TPR, t0, n_tok);
+}
+
+@compute @workgroup_size(WG / RPI)
+fn matvec_quant(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let at = matvec_begin(wid, nwg, lid);
+    // x's first vec4 of each token's row (GATHER: of its output's row).
+    for (var t = 0u; t < TOK; t = t + 1u) {
+        var row = xbase[t];
         if GATHER {
             row = rows[row];
         }
         xbase[t] = row * (p.cols / 4u);
     }
-    if r0 < p.rows {
-        if wg_row0 >= p.split {
-            accumulate(WFMT2, p.seg_word, p.split, r0, lane);
+    if at.r0 < p.rows {
+        if at.wg_row0 >= p.split {
+            accumulate(WFMT2, p.seg_word, p.split, at.r0, at.lane);
         } else {
-            accumulate(WFMT, 0u, 0u, r0, lane);
+            accumulate(WFMT, 0u, 0u, at.r0, at.lane);
         }
     }
-    linear_epilogue(r0, t0, n_tok, lid, lane);
+    linear_epilogue(at.r0, at.t0, at.n_tok, lid, at.lane);
 }

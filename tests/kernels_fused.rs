@@ -11,35 +11,14 @@
 //! (xn the normalised input), propagated through silu(a) * b for the gated output.
 
 mod common;
-use common::kernel_ctx::{check_linear, ctx_with, Ctx};
+use common::kernel_ctx::{check_linear, ctx_with, host, Ctx};
 use common::{run_meta, Rng};
 use glint::graph::{Linear, NormWeight};
 use glint::quant::QuantType;
 use glint::reference as r;
 use glint::weights::{HostMatrix, Matrix};
-use std::borrow::Cow;
 
 const EPS: f32 = 1e-6;
-
-/// A random host matrix in format `f` and the f32 values its GPU layout decodes to.
-fn host(rng: &mut Rng, f: QuantType, rows: usize, cols: usize) -> (HostMatrix<'static>, Vec<f32>) {
-    let v = rng.vec(rows * cols, 0.5);
-    let bytes: Vec<u8> = if f.is_quantized() {
-        let words = glint::quant::repack_for_gpu(f, &glint::quant::quantize(f, &v));
-        bytemuck::cast_slice(&words).to_vec()
-    } else {
-        r::encode_weights(f, &v)
-    };
-    let seen = r::decode_weights(f, &bytes);
-    let h = HostMatrix {
-        name: format!("w.{}", f.name()),
-        format: f,
-        rows,
-        cols,
-        data: Cow::Owned(bytes),
-    };
-    (h, seen)
-}
 
 /// Run one fused linear over `n` tokens: `meta` one sequence, outputs every row unless given.
 fn run(c: &Ctx, plan: &glint::graph::Plan, n: usize, out_rows: &[u32]) {

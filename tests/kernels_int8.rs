@@ -10,7 +10,7 @@
 //!   off by at most half its block's step, |gpu - ref| <= 1.01 * sum_b d_b / 2 * sum_b |w| + the above.
 
 mod common;
-use common::kernel_ctx::{ctx_with, Ctx};
+use common::kernel_ctx::{ctx_with, host, Ctx};
 use common::{run_meta, Rng};
 use glint::graph::{CallShape, Linear, NormWeight};
 use glint::kernels::{Int8, Shapes};
@@ -18,20 +18,8 @@ use glint::lab::check;
 use glint::quant::QuantType;
 use glint::reference as r;
 use glint::weights::{gpu_row_bytes, HostMatrix, Matrix};
-use std::borrow::Cow;
 
 const EPS: f32 = 1e-6;
-
-const QUANTS: [QuantType; 8] = [
-    QuantType::Q8_0,
-    QuantType::Q4_0,
-    QuantType::Q4_1,
-    QuantType::Q5_0,
-    QuantType::Q5_1,
-    QuantType::Q4_K,
-    QuantType::Q5_K,
-    QuantType::Q6_K,
-];
 
 /// A context with the int8 matvec on, adjusted by `f`.
 fn ctx_int8(f: impl FnOnce(&mut Shapes)) -> Option<Ctx> {
@@ -40,22 +28,6 @@ fn ctx_int8(f: impl FnOnce(&mut Shapes)) -> Option<Ctx> {
         s.tiled_from = None;
         f(s);
     })
-}
-
-/// A random matrix in block format `f` and the values its GPU layout decodes to.
-fn host(rng: &mut Rng, f: QuantType, rows: usize, cols: usize) -> (HostMatrix<'static>, Vec<f32>) {
-    let v = rng.vec(rows * cols, 0.5);
-    let words = glint::quant::repack_for_gpu(f, &glint::quant::quantize(f, &v));
-    let bytes: Vec<u8> = bytemuck::cast_slice(&words).to_vec();
-    let seen = r::decode_weights(f, &bytes);
-    let h = HostMatrix {
-        name: format!("w.{}", f.name()),
-        format: f,
-        rows,
-        cols,
-        data: Cow::Owned(bytes),
-    };
-    (h, seen)
 }
 
 fn run(c: &Ctx, plan: &glint::graph::Plan, n: usize, out_rows: &[u32]) {
@@ -150,7 +122,7 @@ fn plain_case(c: &Ctx, f: QuantType, rows: usize, cols: usize, n: usize, chunks:
 #[test]
 fn int8_matvec_all_types_and_variants() {
     let Some(c) = ctx_int8(|_| {}) else { return };
-    for f in QUANTS {
+    for f in glint::kernels::quant_formats() {
         let k = f.block_size() == 256;
         for n in [1, 3, 9] {
             if k {

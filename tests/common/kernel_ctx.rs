@@ -145,3 +145,28 @@ pub fn linear_case(c: &Ctx, f: QuantType, rows: usize, cols: usize, n_tokens: us
     );
     check_linear(&name, &got, &want, &w, cols, &x);
 }
+
+/// A random host matrix in format `f` and the f32 values its GPU layout decodes to.
+pub fn host(
+    rng: &mut Rng,
+    f: QuantType,
+    rows: usize,
+    cols: usize,
+) -> (HostMatrix<'static>, Vec<f32>) {
+    let v = rng.vec(rows * cols, 0.5);
+    let bytes: Vec<u8> = if f.is_quantized() {
+        let words = glint::quant::repack_for_gpu(f, &glint::quant::quantize(f, &v));
+        bytemuck::cast_slice(&words).to_vec()
+    } else {
+        r::encode_weights(f, &v)
+    };
+    let seen = r::decode_weights(f, &bytes);
+    let h = HostMatrix {
+        name: format!("w.{}", f.name()),
+        format: f,
+        rows,
+        cols,
+        data: Cow::Owned(bytes),
+    };
+    (h, seen)
+}

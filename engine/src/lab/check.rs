@@ -9,20 +9,27 @@ pub type Check = std::result::Result<f64, String>;
 /// are [n_tok, rows] outputs computed from the token rows `x` [n_tok, cols] and the weights `w` [rows,
 /// cols] (the values the GPU layout decodes to).
 pub fn linear(got: &[f32], want: &[f32], w: &[f32], cols: usize, x: &[f32]) -> Check {
-    if got.len() != want.len() {
-        return Err(format!("{} outputs, expected {}", got.len(), want.len()));
-    }
     let rows = w.len() / cols;
-    let mut worst = 0f64;
-    for (i, (g, e)) in got.iter().zip(want).enumerate() {
+    within(got, want, "reference", |i| {
         let (t, n) = (i / rows, i % rows);
         let (wr, xr) = (&w[n * cols..(n + 1) * cols], &x[t * cols..(t + 1) * cols]);
         let l1: f32 = wr.iter().zip(xr).map(|(a, b)| (a * b).abs()).sum();
-        let tol = 1e-5 * l1 + 1e-6;
+        1e-5 * l1 + 1e-6
+    })
+}
+
+/// Every output within its own tolerance `tol(i)`; `what` names the reference in the error.
+fn within(got: &[f32], want: &[f32], what: &str, tol: impl Fn(usize) -> f32) -> Check {
+    if got.len() != want.len() {
+        return Err(format!("{} outputs, expected {}", got.len(), want.len()));
+    }
+    let mut worst = 0f64;
+    for (i, (g, e)) in got.iter().zip(want).enumerate() {
+        let tol = tol(i);
         let err = (g - e).abs();
         if err.is_nan() || err > tol {
             return Err(format!(
-                "output {i}: gpu {g} vs reference {e} (tolerance {tol})"
+                "output {i}: gpu {g} vs {what} {e} (tolerance {tol})"
             ));
         }
         worst = worst.max((err / tol) as f64);
@@ -63,27 +70,15 @@ pub fn linear_int8(
     cols: usize,
     (x8, ds): (&[f32], &[f32]),
 ) -> Check {
-    if got.len() != want.len() {
-        return Err(format!("{} outputs, expected {}", got.len(), want.len()));
-    }
     let rows = w.len() / cols;
-    let mut worst = 0f64;
-    for (i, (g, e)) in got.iter().zip(want).enumerate() {
+    within(got, want, "int8 reference", |i| {
         let (t, n) = (i / rows, i % rows);
-        let tol = int8_tolerance(
+        int8_tolerance(
             &w[n * cols..(n + 1) * cols],
             &x8[t * cols..(t + 1) * cols],
             &ds[t * cols / 32..(t + 1) * cols / 32],
-        );
-        let err = (g - e).abs();
-        if err.is_nan() || err > tol {
-            return Err(format!(
-                "output {i}: gpu {g} vs int8 reference {e} (tolerance {tol})"
-            ));
-        }
-        worst = worst.max((err / tol) as f64);
-    }
-    Ok(worst)
+        )
+    })
 }
 
 /// |gpu - ref| <= abs + rel * (1 + |ref|) elementwise (rel 0: the absolute bound `abs`; both 0: exact).
