@@ -6,6 +6,9 @@
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     e.g. scripts/fuzz.sh 30, scripts/fuzz.sh 600 stop_filter
 #   FUZZ_RUNS=10000000 scripts/fuzz.sh 3600 gguf_parse   stop at 10 million executions (or the time)
+# To free the CPU for a while, stop a run with SIGINT (libFuzzer prints its stats; fuzz.sh reports the
+# exit as a crash without an input) rather than pausing it: a run paused for more than -timeout seconds
+# ends with a false timeout when resumed (libFuzzer's alarm counts wall-clock time).
 #
 # Uses the machine's stable toolchain: RUSTC_BOOTSTRAP=1 lets it accept the unstable flags cargo-fuzz
 # passes (sanitizer coverage). cargo-fuzz itself comes from crates.io if it is missing. Targets are
