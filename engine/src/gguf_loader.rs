@@ -270,8 +270,7 @@ impl WeightSource for GgufModel {
                 ),
             ));
         }
-        let words = quant::repack_for_gpu(t.ggml_type, f.tensor_data(t));
-        let mut data: Vec<u8> = bytemuck::cast_slice(&words).to_vec();
+        let mut data = quant::repack_for_gpu_bytes(t.ggml_type, f.tensor_data(t));
         if self.cfg.family.gguf_qk_permuted {
             let heads = if g.ends_with(".attn_q.weight") {
                 Some(self.cfg.n_heads)
@@ -281,7 +280,7 @@ impl WeightSource for GgufModel {
                 None
             };
             if let Some(h) = heads {
-                data = unpermute_rows(&data, rows, h);
+                data = Cow::Owned(unpermute_rows(&data, rows, h));
             }
         }
         Ok(HostMatrix {
@@ -289,7 +288,7 @@ impl WeightSource for GgufModel {
             format: t.ggml_type,
             rows,
             cols,
-            data: Cow::Owned(data),
+            data,
         })
     }
 

@@ -499,16 +499,31 @@ impl Gpu {
 
     /// A storage buffer holding `data`, checked against the device's binding limit.
     pub fn storage_init(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
-        self.check_binding(label, data.len() as u64)?;
+        self.storage_fill(label, data.len(), |mut dst| dst.copy_from_slice(data))
+    }
+
+    /// A storage buffer of `len` bytes that `fill` writes, in place where the device lets the host map
+    /// a buffer at creation (no staging copy, no host-side buffer of the whole: stacked and
+    /// interleaved weights are written part by part), else through a host buffer and
+    /// create_buffer_init. Checked against the device's binding limit.
+    pub fn storage_fill(
+        &self,
+        label: &str,
+        len: usize,
+        fill: impl FnOnce(wgpu::WriteOnly<'_, [u8]>),
+    ) -> Result<wgpu::Buffer> {
+        self.check_binding(label, len as u64)?;
         let usage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_DST
             | wgpu::BufferUsages::COPY_SRC;
-        if !self.caps.direct_upload || data.is_empty() {
-            return self.create_checked(label, data.len() as u64, || {
+        if !self.caps.direct_upload || len == 0 {
+            let mut data = vec![0u8; len];
+            fill(data.as_mut_slice().into());
+            return self.create_checked(label, len as u64, || {
                 self.device
                     .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                         label: Some(label),
-                        contents: data,
+                        contents: &data,
                         usage,
                     })
             });
@@ -516,7 +531,7 @@ impl Gpu {
         // Mapped at creation with MAP_WRITE: wgpu maps the buffer's own memory (no staging buffer),
         // the data is written once, in place. The size is padded to a multiple of 4 as
         // create_buffer_init pads it.
-        let size = (data.len() as u64).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
+        let size = (len as u64).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
         let b = self.create_checked(label, size, || {
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -525,10 +540,12 @@ impl Gpu {
                 mapped_at_creation: true,
             })
         })?;
-        b.get_mapped_range_mut(..)
-            .map_err(|e| Error::Gpu(format!("mapping buffer '{label}' at creation: {e}")))?
-            .slice(..data.len())
-            .copy_from_slice(data);
+        {
+            let mut view = b
+                .get_mapped_range_mut(..)
+                .map_err(|e| Error::Gpu(format!("mapping buffer '{label}' at creation: {e}")))?;
+            fill(view.slice(..len));
+        }
         b.unmap();
         Ok(b)
     }

@@ -519,11 +519,19 @@ pub struct Kernels {
 }
 
 fn module(gpu: &Gpu, label: &str, src: &str) -> wgpu::ShaderModule {
-    gpu.device
+    let t = std::time::Instant::now();
+    let m = gpu
+        .device
         .create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(label),
             source: wgpu::ShaderSource::Wgsl(src.into()),
-        })
+        });
+    log::debug!(
+        "shader module {label} ({} bytes of WGSL): {:.1} ms",
+        src.len(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    m
 }
 
 fn pipeline(
@@ -533,7 +541,8 @@ fn pipeline(
     entry: &str,
     constants: &[(&str, f64)],
 ) -> wgpu::ComputePipeline {
-    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+    let t = std::time::Instant::now();
+    let p = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(entry),
         layout: None,
         module: m,
@@ -544,7 +553,12 @@ fn pipeline(
             zero_initialize_workgroup_memory: false,
         },
         cache,
-    })
+    });
+    log::debug!(
+        "pipeline {entry} {constants:?}: {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    p
 }
 
 impl Kernels {

@@ -494,7 +494,7 @@ pub fn dequantize(ty: QuantType, data: &[u8], out: &mut [f32]) {
 // GPU layout
 // ---------------------------------------------------------------------------------------------
 
-/// Converts ggml bytes (whole blocks) into the GPU layout described in the module docs.
+/// Converts ggml bytes (whole blocks) into the GPU layout described in the module docs, as words.
 ///
 /// For F16/BF16 an odd element count gets a zero high half in its last word; a tensor whose rows
 /// have an odd length must therefore be repacked row by row so that each row starts on a word
@@ -503,6 +503,20 @@ pub fn dequantize(ty: QuantType, data: &[u8], out: &mut [f32]) {
 /// # Panics
 /// If `data.len()` is not a whole number of blocks.
 pub fn repack_for_gpu(ty: QuantType, data: &[u8]) -> Vec<u32> {
+    repack_for_gpu_bytes(ty, data)
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// [`repack_for_gpu`] as the bytes of a buffer (little-endian words): `data` itself, borrowed, where
+/// the layouts already agree (blocks of whole words, no padding: F32, Q4_K, Q5_K, and F16/BF16 of an
+/// even length), so that a memory-mapped file is copied once, into the GPU buffer.
+///
+/// # Panics
+/// If `data.len()` is not a whole number of blocks.
+pub fn repack_for_gpu_bytes(ty: QuantType, data: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    use std::borrow::Cow;
     let bb = ty.block_bytes();
     assert!(
         data.len().is_multiple_of(bb),
@@ -510,36 +524,22 @@ pub fn repack_for_gpu(ty: QuantType, data: &[u8]) -> Vec<u32> {
         data.len()
     );
     match ty.gpu_padding() {
+        None if data.len().is_multiple_of(4) => Cow::Borrowed(data),
         None => {
-            // Same bytes as ggml, read as little-endian words.
-            let chunks = data.chunks_exact(4);
-            let rem = chunks.remainder();
-            let mut words = Vec::with_capacity(data.len().div_ceil(4));
-            words.extend(chunks.map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])));
-            if !rem.is_empty() {
-                let mut last = [0u8; 4];
-                last[..rem.len()].copy_from_slice(rem);
-                words.push(u32::from_le_bytes(last));
-            }
-            words
+            let mut out = data.to_vec();
+            out.resize(data.len().next_multiple_of(4), 0);
+            Cow::Owned(out)
         }
         Some((at, pad)) => {
             let bw = ty.gpu_block_words();
             debug_assert_eq!(bb + pad, 4 * bw);
-            let mut words = Vec::with_capacity(data.len() / bb * bw);
-            let mut padded = [0u8; 4 * 53];
-            let padded = &mut padded[..4 * bw];
+            let mut out = Vec::with_capacity(data.len() / bb * 4 * bw);
             for block in data.chunks_exact(bb) {
-                padded[..at].copy_from_slice(&block[..at]);
-                padded[at..at + pad].fill(0);
-                padded[at + pad..].copy_from_slice(&block[at..]);
-                words.extend(
-                    padded
-                        .chunks_exact(4)
-                        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-                );
+                out.extend_from_slice(&block[..at]);
+                out.extend(std::iter::repeat_n(0u8, pad));
+                out.extend_from_slice(&block[at..]);
             }
-            words
+            Cow::Owned(out)
         }
     }
 }

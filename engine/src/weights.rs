@@ -103,17 +103,19 @@ impl Matrix {
         if total > gpu.caps.max_storage_binding {
             return Ok(None);
         }
-        let mut data = Vec::with_capacity(total as usize);
-        for p in parts {
-            data.extend_from_slice(&p.data);
-        }
         let name = parts
             .iter()
             .map(|p| p.name.as_str())
             .collect::<Vec<_>>()
             .join("+");
         let rows = parts.iter().map(|p| p.rows).sum();
-        let buffer = gpu.storage_init(&name, &data)?;
+        let buffer = gpu.storage_fill(&name, total as usize, |mut dst| {
+            let mut at = 0;
+            for p in parts {
+                dst.slice(at..at + p.data.len()).copy_from_slice(&p.data);
+                at += p.data.len();
+            }
+        })?;
         Ok(Some(Matrix {
             name,
             format: first.format,
@@ -139,20 +141,22 @@ impl Matrix {
         {
             return Ok(None);
         }
-        let row_bytes = gpu_row_bytes(a.format, a.cols);
-        let mut data = Vec::with_capacity(2 * a.data.len());
-        for r in 0..a.rows {
-            data.extend_from_slice(&a.data[r * row_bytes..(r + 1) * row_bytes]);
-            data.extend_from_slice(&b.data[r * row_bytes..(r + 1) * row_bytes]);
-        }
-        let host = HostMatrix {
-            name: format!("{}|{}", a.name, b.name),
-            format: a.format,
-            rows: 2 * a.rows,
-            cols: a.cols,
-            data: std::borrow::Cow::Owned(data),
+        check_host(a)?;
+        let row_bytes = check_host(b)?;
+        // Row r of the result is row r / 2 of a (r even) or of b (r odd), written straight into the
+        // buffers.
+        let fill = |row_start: usize, mut dst: wgpu::WriteOnly<'_, [u8]>| {
+            for i in 0..dst.len() / row_bytes {
+                let r = row_start + i;
+                let src = if r % 2 == 0 { &a.data } else { &b.data };
+                let at = (r / 2) * row_bytes;
+                dst.slice(i * row_bytes..(i + 1) * row_bytes)
+                    .copy_from_slice(&src[at..at + row_bytes]);
+            }
         };
-        Self::upload_aligned(gpu, &host, gpu.caps.max_storage_binding, 2).map(Some)
+        let name = format!("{}|{}", a.name, b.name);
+        let shape = (a.format, 2 * a.rows, a.cols);
+        Self::upload_rows(gpu, &name, shape, gpu.caps.max_storage_binding, 2, fill).map(Some)
     }
 
     /// Upload with chunks of at most `max_chunk_bytes` (the binding limit; tests pass less to exercise
@@ -169,35 +173,54 @@ impl Matrix {
         align: usize,
     ) -> Result<Matrix> {
         let row_bytes = check_host(m)?;
+        let fill = |row_start: usize, mut dst: wgpu::WriteOnly<'_, [u8]>| {
+            let at = row_start * row_bytes;
+            dst.copy_from_slice(&m.data[at..at + dst.len()]);
+        };
+        let shape = (m.format, m.rows, m.cols);
+        Self::upload_rows(gpu, &m.name, shape, max_chunk_bytes, align, fill)
+    }
+
+    /// A matrix of `shape` (format, rows, cols) in equal chunks of whole multiples of `align` rows, each
+    /// at most `max_chunk_bytes` (and the binding limit); `fill(row_start, dst)` writes a chunk's rows
+    /// from `row_start` on into `dst` (a whole number of rows in the GPU layout).
+    fn upload_rows(
+        gpu: &Gpu,
+        name: &str,
+        (format, rows, cols): (QuantType, usize, usize),
+        max_chunk_bytes: u64,
+        align: usize,
+        fill: impl Fn(usize, wgpu::WriteOnly<'_, [u8]>),
+    ) -> Result<Matrix> {
+        let row_bytes = gpu_row_bytes(format, cols);
         let max_rows = (max_chunk_bytes.min(gpu.caps.max_storage_binding) as usize / row_bytes)
             .max(align)
             / align
             * align;
         // Split into equal chunks, each under the binding limit.
-        let n_chunks = m.rows.div_ceil(max_rows);
-        let per_chunk = m.rows.div_ceil(n_chunks).div_ceil(align) * align;
+        let n_chunks = rows.div_ceil(max_rows);
+        let per_chunk = rows.div_ceil(n_chunks).div_ceil(align) * align;
         let mut chunks = Vec::with_capacity(n_chunks);
         let mut row_start = 0;
-        while row_start < m.rows {
-            let rows = per_chunk.min(m.rows - row_start);
-            let bytes = &m.data[row_start * row_bytes..(row_start + rows) * row_bytes];
+        while row_start < rows {
+            let n = per_chunk.min(rows - row_start);
             let label = if n_chunks == 1 {
-                m.name.clone()
+                name.to_string()
             } else {
-                format!("{}[{}..{}]", m.name, row_start, row_start + rows)
+                format!("{name}[{row_start}..{}]", row_start + n)
             };
             chunks.push(MatrixChunk {
-                buffer: gpu.storage_init(&label, bytes)?,
+                buffer: gpu.storage_fill(&label, n * row_bytes, |dst| fill(row_start, dst))?,
                 row_start,
-                rows,
+                rows: n,
             });
-            row_start += rows;
+            row_start += n;
         }
         Ok(Matrix {
-            name: m.name.clone(),
-            format: m.format,
-            rows: m.rows,
-            cols: m.cols,
+            name: name.to_string(),
+            format,
+            rows,
+            cols,
             chunks,
             second: None,
         })
