@@ -325,14 +325,17 @@ pub fn prompt_tokens_per_s(g: &Generation) -> f64 {
 }
 
 /// The one-line summary: prompt and generated token counts, speeds, seed.
-/// Where a load's time went: "files 12 ms, device 80 ms, weights 900 ms, pipelines 300 ms (cached)".
+/// Where a load's time went: "files 12 ms, device 80 ms, weights 900 ms, pipelines 1100 ms beside
+/// them (waited for 300 ms) (pipeline cache)".
 pub fn describe_load(t: &glint::engine::LoadTimes) -> String {
     format!(
-        "files {:.0} ms, device {:.0} ms, weights {:.0} ms, pipelines {:.0} ms{}",
+        "files {:.0} ms, device {:.0} ms, weights {:.0} ms, pipelines {:.0} ms beside them \
+         (waited for {:.0} ms){}",
         t.files_ms,
         t.device_ms,
         t.weights_ms,
         t.pipelines_ms,
+        t.pipelines_wait_ms,
         if t.pipeline_cache_hit {
             " (pipeline cache)"
         } else {

@@ -276,7 +276,7 @@ fn check_context_fits(
     Ok(())
 }
 
-/// Where a model load's time went, ms (wall clock, in load order).
+/// Where a model load's time went, ms (wall clock).
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct LoadTimes {
     /// Opening the files (headers, tokenizer, chat template) before the device is touched.
@@ -285,8 +285,12 @@ pub struct LoadTimes {
     pub device_ms: f64,
     /// Reading, converting and uploading the weights (page cache included).
     pub weights_ms: f64,
-    /// Compiling the compute pipelines (the driver's cache makes a warm start fast).
+    /// Compiling the compute pipelines (the driver's cache makes a warm start fast), on other
+    /// threads while the weights upload: this overlaps `weights_ms`.
     pub pipelines_ms: f64,
+    /// The part of `pipelines_ms` the load waited for: before the weights, and after them until
+    /// the last pipeline was built.
+    pub pipelines_wait_ms: f64,
     /// Whether the pipelines came from a saved pipeline cache file.
     pub pipeline_cache_hit: bool,
 }
@@ -321,6 +325,7 @@ pub struct Model {
     pub load_ms: f64,
     /// Where the load's time went.
     pub load_times: LoadTimes,
+    late_pipelines: usize,
     pub source: PathBuf,
 }
 
@@ -332,6 +337,9 @@ impl WeightSource for St {
     }
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<HostMatrix<'_>> {
         self.0.matrix(name, rows, cols)
+    }
+    fn format(&self, name: &str, rows: usize, cols: usize) -> Result<QuantType> {
+        self.0.format(name, rows, cols)
     }
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
         self.0.vector(name, len)
@@ -419,6 +427,10 @@ impl WeightSource for Quantizing<'_> {
             cols,
             data: Cow::Owned(data),
         })
+    }
+    fn format(&self, name: &str, rows: usize, cols: usize) -> Result<QuantType> {
+        self.inner.format(name, rows, cols)?;
+        Ok(self.type_for(cols))
     }
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
         self.inner.vector(name, len)
@@ -545,8 +557,7 @@ impl Model {
         }
         let lap = Instant::now();
         let kernels = Kernels::new(&gpu, shapes)?;
-        let mut pipelines_ms = lap.elapsed().as_secs_f64() * 1e3;
-        let lap = Instant::now();
+        let kernels_ms = lap.elapsed().as_secs_f64() * 1e3;
         let mut done = 0u64;
         let mut cb = opts.progress.take();
         let mut progress = |name: &str, bytes: u64| {
@@ -564,20 +575,6 @@ impl Model {
         } else {
             Fusion::Off
         };
-        let w = Weights::new(&gpu, weights, &progress, fusion);
-        let net = Decoder::new(&gpu, &cfg, &w, ctx)?;
-        if let Some(m) = net
-            .matrices()
-            .into_iter()
-            .find(|m| !kernels.supports(m.format))
-        {
-            return Err(Error::Model(format!(
-                "tensor '{}' is {}, which has no GPU kernel yet",
-                m.name,
-                m.format.name()
-            )));
-        }
-        let weights_ms = lap.elapsed().as_secs_f64() * 1e3;
         let acts = Activations::new(&gpu, &cfg, batch, max_out, &kernels.shapes)?;
         let kv = KvCache::new(&gpu, &cfg, ctx, n_slots, kv_type)?;
         let steps = StepBuffers::new(&gpu, batch, max_out)?;
@@ -588,19 +585,59 @@ impl Model {
         let mut stop_ids: Vec<u32> = gen_cfg.eos.iter().chain(&cfg.eos).copied().collect();
         stop_ids.sort();
         stop_ids.dedup();
-        let lap = Instant::now();
-        // The pipelines the forward needs, compiled in parallel, then the graph over them.
+        // The forward over placeholder weights (the tensors' metadata only) lists the pipelines it
+        // needs; they compile on other threads while the weights upload on this one.
         let keys = {
+            let w = Weights::placeholders(&gpu, weights, &progress, fusion, &dummy);
+            let net = Decoder::new(&cfg, &w, ctx)?;
+            if let Some(m) = net
+                .matrices()
+                .into_iter()
+                .find(|m| !kernels.supports(m.format))
+            {
+                return Err(Error::Model(format!(
+                    "tensor '{}' is {}, which has no GPU kernel yet",
+                    m.name,
+                    m.format.name()
+                )));
+            }
             let mut g = Graph::probe(&gpu, &kernels, &steps, &dummy);
             net.forward(&mut g, &acts, &kv, n_valid);
             g.probed()
         };
-        kernels.prebuild(&keys)?;
+        let lap = Instant::now();
+        let (net, weights_ms, compiled) = std::thread::scope(|s| {
+            let compile = s.spawn(|| {
+                let t = Instant::now();
+                kernels
+                    .prebuild(&keys)
+                    .map(|()| t.elapsed().as_secs_f64() * 1e3)
+            });
+            let w = Weights::new(&gpu, weights, &progress, fusion);
+            let net = Decoder::new(&cfg, &w, ctx);
+            let weights_ms = lap.elapsed().as_secs_f64() * 1e3;
+            let compiled = compile.join().unwrap_or_else(|_| {
+                Err(Error::Gpu("the pipeline compiling thread panicked".into()))
+            });
+            (net, weights_ms, compiled)
+        });
+        let net = net?;
+        let compile_ms = compiled?;
+        let wait_ms = lap.elapsed().as_secs_f64() * 1e3 - weights_ms;
+        let lap = Instant::now();
+        let built = kernels.built();
         let plan = {
             let mut g = Graph::new(&gpu, &kernels, &steps, &dummy);
             net.forward(&mut g, &acts, &kv, n_valid);
             g.finish()?
         };
+        let late_pipelines = kernels.built() - built;
+        if late_pipelines > 0 {
+            log::warn!(
+                "{late_pipelines} pipeline(s) were not listed by the placeholder forward and \
+                 compiled after the weights"
+            );
+        }
         let readback = gpu.readback("next", (max_out * OUTPUT_WORDS * 4) as u64);
         let sampler = GpuSampler::with_rows(
             &gpu,
@@ -610,12 +647,13 @@ impl Model {
             max_out,
             max_out * ctx,
         )?;
-        pipelines_ms += lap.elapsed().as_secs_f64() * 1e3;
+        let after_ms = lap.elapsed().as_secs_f64() * 1e3;
         let load_times = LoadTimes {
             files_ms,
             device_ms,
             weights_ms,
-            pipelines_ms,
+            pipelines_ms: kernels_ms + compile_ms + after_ms,
+            pipelines_wait_ms: kernels_ms + wait_ms.max(0.0) + after_ms,
             pipeline_cache_hit: gpu.pipeline_cache.as_ref().is_some_and(|c| c.loaded),
         };
         let mut m = Model {
@@ -640,6 +678,7 @@ impl Model {
             slots: vec![Vec::new(); n_slots],
             load_ms: 0.0,
             load_times,
+            late_pipelines,
             source: path.to_path_buf(),
         };
         // The uploads queued by write_buffer run at the next submit: run them now, inside the load.
@@ -657,6 +696,12 @@ impl Model {
 
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+    /// Pipelines the load compiled after the weights because the placeholder forward, which lists
+    /// them to compile alongside the upload, did not ask for them (0 unless a weight source's
+    /// `format` disagrees with its `matrix`).
+    pub fn late_pipelines(&self) -> usize {
+        self.late_pipelines
     }
     /// The model's tokenizer (shared, so a stream decoder can outlive a borrow of the model).
     pub fn tokenizer(&self) -> Option<Arc<Tokenizer>> {

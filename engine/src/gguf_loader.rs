@@ -7,11 +7,11 @@ use crate::chat::ChatTemplate;
 use crate::config::{GenerationConfig, ModelConfig};
 use crate::error::{Error, Result};
 use crate::family::{Family, Rope, RopeScaling};
-use crate::gguf::Gguf;
+use crate::gguf::{Gguf, TensorInfo};
 use crate::model::WeightSource;
 use crate::quant;
 use crate::tokenizer::Tokenizer;
-use crate::weights::HostMatrix;
+use crate::weights::{HostMatrix, QuantType};
 use std::borrow::Cow;
 use std::path::Path;
 
@@ -249,12 +249,9 @@ impl GgufModel {
     }
 }
 
-impl WeightSource for GgufModel {
-    fn has(&self, name: &str) -> bool {
-        gguf_name(name).is_some_and(|g| self.file.tensor(&g).is_some())
-    }
-
-    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<HostMatrix<'_>> {
+impl GgufModel {
+    /// The GGUF name and tensor of a [rows, cols] matrix, its dims checked.
+    fn matrix_tensor(&self, name: &str, rows: usize, cols: usize) -> Result<(String, &TensorInfo)> {
         let f = &self.file;
         let g = gguf_name(name)
             .ok_or_else(|| Error::Model(format!("no GGUF name for tensor '{name}'")))?;
@@ -270,6 +267,18 @@ impl WeightSource for GgufModel {
                 ),
             ));
         }
+        Ok((g, t))
+    }
+}
+
+impl WeightSource for GgufModel {
+    fn has(&self, name: &str) -> bool {
+        gguf_name(name).is_some_and(|g| self.file.tensor(&g).is_some())
+    }
+
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<HostMatrix<'_>> {
+        let f = &self.file;
+        let (g, t) = self.matrix_tensor(name, rows, cols)?;
         let mut data = quant::repack_for_gpu_bytes(t.ggml_type, f.tensor_data(t));
         if self.cfg.family.gguf_qk_permuted {
             let heads = if g.ends_with(".attn_q.weight") {
@@ -290,6 +299,11 @@ impl WeightSource for GgufModel {
             cols,
             data,
         })
+    }
+
+    fn format(&self, name: &str, rows: usize, cols: usize) -> Result<QuantType> {
+        self.matrix_tensor(name, rows, cols)
+            .map(|(_, t)| t.ggml_type)
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {

@@ -691,6 +691,11 @@ impl Kernels {
         }
     }
 
+    /// How many pipelines have been built (and cached) so far.
+    pub fn built(&self) -> usize {
+        self.cache.lock().expect("pipeline cache").len()
+    }
+
     pub(crate) fn get(&self, key: PipelineKey) -> Result<wgpu::ComputePipeline> {
         if let Some(p) = self.cache.lock().expect("pipeline cache").get(&key) {
             return Ok(p.clone());

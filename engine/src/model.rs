@@ -8,13 +8,17 @@ use crate::config::ModelConfig;
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::graph::{Activations, Graph, Heads, KvCache, KvLayer, Linear, NormWeight};
-use crate::weights::{upload_f32, HostMatrix, Matrix};
+use crate::weights::{upload_f32, HostMatrix, Matrix, QuantType};
 use std::cell::RefCell;
 
 /// Where the weights come from: safetensors or GGUF, under transformers' tensor names.
 pub trait WeightSource {
     fn has(&self, name: &str) -> bool;
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<HostMatrix<'_>>;
+    /// The format `matrix` would give the tensor, from its metadata alone (the data is not read).
+    fn format(&self, name: &str, rows: usize, cols: usize) -> Result<QuantType> {
+        self.matrix(name, rows, cols).map(|m| m.format)
+    }
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>>;
 }
 
@@ -38,6 +42,9 @@ pub struct Weights<'a> {
     prefix: String,
     progress: &'a UploadProgress<'a>,
     pub fusion: Fusion,
+    /// Set: read no data, and bind every matrix and vector to this buffer, each laid out as its
+    /// upload would be ([`Weights::placeholders`]).
+    placeholder: Option<&'a wgpu::Buffer>,
 }
 
 /// Several layers that read the same input: merged into one matrix, or each its own.
@@ -66,6 +73,24 @@ impl<'a> Weights<'a> {
             prefix: String::new(),
             progress,
             fusion,
+            placeholder: None,
+        }
+    }
+
+    /// Weights that read only the tensors' metadata: each matrix and vector is bound to `buffer`,
+    /// the matrices chunked, stacked and interleaved as the real upload would. A model built from
+    /// them lays out the same forward with no data, so that its pipelines can be listed and compiled
+    /// while the real weights upload.
+    pub fn placeholders(
+        gpu: &'a Gpu,
+        src: &'a dyn WeightSource,
+        progress: &'a UploadProgress<'a>,
+        fusion: Fusion,
+        buffer: &'a wgpu::Buffer,
+    ) -> Self {
+        Weights {
+            placeholder: Some(buffer),
+            ..Self::new(gpu, src, progress, fusion)
         }
     }
 
@@ -77,6 +102,7 @@ impl<'a> Weights<'a> {
             prefix: self.name(name),
             progress: self.progress,
             fusion: self.fusion,
+            placeholder: self.placeholder,
         }
     }
 
@@ -95,6 +121,10 @@ impl<'a> Weights<'a> {
     /// A [rows, cols] matrix, uploaded in its stored format.
     pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
         let full = self.name(name);
+        if let Some(buffer) = self.placeholder {
+            let shape = (self.src.format(&full, rows, cols)?, rows, cols);
+            return Ok(Matrix::placeholder(self.gpu, &full, shape, false, buffer));
+        }
         let host = self.src.matrix(&full, rows, cols)?;
         let m = Matrix::upload(self.gpu, &host)?;
         (self.progress.borrow_mut())(&full, host.data.len() as u64);
@@ -103,11 +133,22 @@ impl<'a> Weights<'a> {
 
     /// A [len] vector, as f32.
     pub fn vector(&self, name: &str, len: usize) -> Result<wgpu::Buffer> {
+        if let Some(buffer) = self.placeholder {
+            return Ok(buffer.clone());
+        }
         let full = self.name(name);
         let v = self.src.vector(&full, len)?;
         let b = upload_f32(self.gpu, &full, &v)?;
         (self.progress.borrow_mut())(&full, len as u64 * 4);
         Ok(b)
+    }
+
+    /// A table the model computes (not a tensor of the file), as f32.
+    pub fn table(&self, name: &str, v: &[f32]) -> Result<wgpu::Buffer> {
+        match self.placeholder {
+            Some(buffer) => Ok(buffer.clone()),
+            None => upload_f32(self.gpu, name, v),
+        }
     }
 
     /// `name.weight` [rows, cols] and, with a bias, `name.bias` [rows].
@@ -139,6 +180,20 @@ impl<'a> Weights<'a> {
             .iter()
             .map(|n| self.name(&format!("{n}.weight")))
             .collect();
+        if let Some(buffer) = self.placeholder {
+            let shapes = full
+                .iter()
+                .zip(rows)
+                .map(|(n, &r)| Ok((self.src.format(n, r, cols)?, r, cols)))
+                .collect::<Result<Vec<_>>>()?;
+            let name = full.join("+");
+            let Some(m) = Matrix::placeholder_stacked(self.gpu, name, &shapes, align, buffer)
+            else {
+                return self.each(names, rows, cols, bias);
+            };
+            let b = (bias == Bias::Yes).then(|| buffer.clone());
+            return Ok(Merged::One(Linear { w: m, b }));
+        }
         let hosts = full
             .iter()
             .zip(rows)
@@ -173,6 +228,18 @@ impl<'a> Weights<'a> {
             self.name(&format!("{a}.weight")),
             self.name(&format!("{b}.weight")),
         );
+        if let Some(buffer) = self.placeholder {
+            let (fa, fb) = (
+                self.src.format(&na, rows, cols)?,
+                self.src.format(&nb, rows, cols)?,
+            );
+            if fa != fb {
+                return self.each(&[a, b], &[rows, rows], cols, Bias::No);
+            }
+            let name = format!("{na}|{nb}");
+            let m = Matrix::placeholder(self.gpu, &name, (fa, 2 * rows, cols), true, buffer);
+            return Ok(Merged::One(Linear { w: m, b: None }));
+        }
         let (ha, hb) = (
             self.src.matrix(&na, rows, cols)?,
             self.src.matrix(&nb, rows, cols)?,
@@ -361,7 +428,7 @@ pub struct Decoder {
 
 impl Decoder {
     /// Upload every weight once; the RoPE table covers `positions` positions.
-    pub fn new(gpu: &Gpu, c: &ModelConfig, w: &Weights, positions: usize) -> Result<Self> {
+    pub fn new(c: &ModelConfig, w: &Weights, positions: usize) -> Result<Self> {
         let m = w.pp("model");
         let embed = m.matrix("embed_tokens.weight", c.vocab, c.hidden)?;
         let lm_head = if c.tie_embeddings && !w.has("lm_head.weight") {
@@ -373,7 +440,7 @@ impl Decoder {
             .map(|l| Block::new(c, &m.pp(&format!("layers.{l}"))))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(c.hidden, c.rms_eps, &m.pp("norm"))?;
-        let rope = upload_f32(gpu, "rope", &c.rope.table(positions, c.head_dim))?;
+        let rope = w.table("rope", &c.rope.table(positions, c.head_dim))?;
         Ok(Decoder {
             cfg: c.clone(),
             embed,

@@ -149,6 +149,22 @@ impl SafetensorsWeights {
 
     /// A [rows, cols] matrix in its stored float format (bf16, f16 or f32), borrowed from the map.
     pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<HostMatrix<'_>> {
+        let (e, format) = self.matrix_entry(name, rows, cols)?;
+        Ok(HostMatrix {
+            name: name.to_string(),
+            format,
+            rows,
+            cols,
+            data: Cow::Borrowed(self.bytes(e)),
+        })
+    }
+
+    /// The format of a [rows, cols] matrix, from the header alone.
+    pub fn format(&self, name: &str, rows: usize, cols: usize) -> Result<QuantType> {
+        self.matrix_entry(name, rows, cols).map(|(_, f)| f)
+    }
+
+    fn matrix_entry(&self, name: &str, rows: usize, cols: usize) -> Result<(&Entry, QuantType)> {
         let e = self.entry(name)?;
         self.check_shape(name, e, &[rows, cols])?;
         let format = match e.dtype {
@@ -162,13 +178,7 @@ impl SafetensorsWeights {
                 ))
             }
         };
-        Ok(HostMatrix {
-            name: name.to_string(),
-            format,
-            rows,
-            cols,
-            data: Cow::Borrowed(self.bytes(e)),
-        })
+        Ok((e, format))
     }
 
     /// A vector (norm weight or bias) of `len` elements, converted to f32.

@@ -68,66 +68,49 @@ impl Matrix {
     /// quantized, the second starting on a multiple of `align` rows, and the whole within one binding;
     /// None when they cannot be stacked.
     pub fn upload_stacked(gpu: &Gpu, parts: &[HostMatrix], align: usize) -> Result<Option<Matrix>> {
-        let Some(first) = parts.first() else {
-            return Ok(None);
-        };
         for p in parts {
             check_host(p)?;
         }
-        let cols = first.cols;
-        if parts.iter().any(|p| p.cols != cols) {
+        let shapes: Vec<Shape> = parts.iter().map(|p| (p.format, p.rows, p.cols)).collect();
+        let Some(second) = stack_layout(gpu, &shapes, align) else {
             return Ok(None);
-        }
-        let split = parts.iter().position(|p| p.format != first.format);
-        let second = match split {
-            None => None,
-            Some(i) => {
-                let f = parts[i].format;
-                let rows: usize = parts[..i].iter().map(|p| p.rows).sum();
-                let words: usize = parts[..i].iter().map(|p| p.data.len() / 4).sum();
-                let floats = |t: QuantType| FLOATS.contains(&t);
-                if parts[i..].iter().any(|p| p.format != f)
-                    || floats(f) != floats(first.format)
-                    || !rows.is_multiple_of(align)
-                {
-                    return Ok(None);
-                }
-                Some(Segment {
-                    format: f,
-                    row: rows,
-                    word: words,
-                })
-            }
         };
-        let total: u64 = parts.iter().map(|p| p.data.len() as u64).sum();
-        if total > gpu.caps.max_storage_binding {
-            return Ok(None);
-        }
         let name = parts
             .iter()
             .map(|p| p.name.as_str())
             .collect::<Vec<_>>()
             .join("+");
-        let rows = parts.iter().map(|p| p.rows).sum();
-        let buffer = gpu.storage_fill(&name, total as usize, |mut dst| {
+        let total: usize = parts.iter().map(|p| p.data.len()).sum();
+        let buffer = gpu.storage_fill(&name, total, |mut dst| {
             let mut at = 0;
             for p in parts {
                 dst.slice(at..at + p.data.len()).copy_from_slice(&p.data);
                 at += p.data.len();
             }
         })?;
-        Ok(Some(Matrix {
+        Ok(Some(Self::stacked(name, &shapes, second, buffer)))
+    }
+
+    /// The stacked matrix of `shapes` (`stack_layout` said it stacks) in `buffer`.
+    fn stacked(
+        name: String,
+        shapes: &[Shape],
+        second: Option<Segment>,
+        buffer: wgpu::Buffer,
+    ) -> Matrix {
+        let rows = shapes.iter().map(|s| s.1).sum();
+        Matrix {
             name,
-            format: first.format,
+            format: shapes[0].0,
             rows,
-            cols,
+            cols: shapes[0].2,
             chunks: vec![MatrixChunk {
                 buffer,
                 row_start: 0,
                 rows,
             }],
             second,
-        }))
+        }
     }
 
     /// Interleave the rows of two matrices of one shape and format (a0, b0, a1, b1, ...): the MLP's
@@ -148,7 +131,11 @@ impl Matrix {
         let fill = |row_start: usize, mut dst: wgpu::WriteOnly<'_, [u8]>| {
             for i in 0..dst.len() / row_bytes {
                 let r = row_start + i;
-                let src = if r % 2 == 0 { &a.data } else { &b.data };
+                let src = if r.is_multiple_of(2) {
+                    &a.data
+                } else {
+                    &b.data
+                };
                 let at = (r / 2) * row_bytes;
                 dst.slice(i * row_bytes..(i + 1) * row_bytes)
                     .copy_from_slice(&src[at..at + row_bytes]);
@@ -187,49 +174,131 @@ impl Matrix {
     fn upload_rows(
         gpu: &Gpu,
         name: &str,
-        (format, rows, cols): (QuantType, usize, usize),
+        shape: Shape,
         max_chunk_bytes: u64,
         align: usize,
         fill: impl Fn(usize, wgpu::WriteOnly<'_, [u8]>),
     ) -> Result<Matrix> {
-        let row_bytes = gpu_row_bytes(format, cols);
-        let max_rows = (max_chunk_bytes.min(gpu.caps.max_storage_binding) as usize / row_bytes)
-            .max(align)
-            / align
-            * align;
-        // Split into equal chunks, each under the binding limit.
-        let n_chunks = rows.div_ceil(max_rows);
-        let per_chunk = rows.div_ceil(n_chunks).div_ceil(align) * align;
+        let row_bytes = gpu_row_bytes(shape.0, shape.2);
+        let plan = chunk_rows(gpu, shape, max_chunk_bytes, align);
+        let n_chunks = plan.len();
         let mut chunks = Vec::with_capacity(n_chunks);
-        let mut row_start = 0;
-        while row_start < rows {
-            let n = per_chunk.min(rows - row_start);
+        for (row_start, rows) in plan {
             let label = if n_chunks == 1 {
                 name.to_string()
             } else {
-                format!("{name}[{row_start}..{}]", row_start + n)
+                format!("{name}[{row_start}..{}]", row_start + rows)
             };
             chunks.push(MatrixChunk {
-                buffer: gpu.storage_fill(&label, n * row_bytes, |dst| fill(row_start, dst))?,
+                buffer: gpu.storage_fill(&label, rows * row_bytes, |dst| fill(row_start, dst))?,
                 row_start,
-                rows: n,
+                rows,
             });
-            row_start += n;
         }
-        Ok(Matrix {
+        Ok(Self::chunked(name, shape, chunks))
+    }
+
+    fn chunked(name: &str, (format, rows, cols): Shape, chunks: Vec<MatrixChunk>) -> Matrix {
+        Matrix {
             name: name.to_string(),
             format,
             rows,
             cols,
             chunks,
             second: None,
-        })
+        }
+    }
+
+    /// A matrix of `shape` laid out exactly as `upload` (or, `pairs`, `upload_interleaved` of two
+    /// matrices of half its rows) would, every chunk bound to `buffer` instead of holding data: what
+    /// a forward needs to list its pipelines ([`crate::graph::Graph::probe`]) before the weights are
+    /// read.
+    pub fn placeholder(
+        gpu: &Gpu,
+        name: &str,
+        shape: Shape,
+        pairs: bool,
+        buffer: &wgpu::Buffer,
+    ) -> Matrix {
+        let align = if pairs { 2 } else { 1 };
+        let chunks = chunk_rows(gpu, shape, gpu.caps.max_storage_binding, align)
+            .into_iter()
+            .map(|(row_start, rows)| MatrixChunk {
+                buffer: buffer.clone(),
+                row_start,
+                rows,
+            })
+            .collect();
+        Self::chunked(name, shape, chunks)
+    }
+
+    /// The placeholder of `upload_stacked` over matrices of `shapes`; None when they would not stack.
+    pub fn placeholder_stacked(
+        gpu: &Gpu,
+        name: String,
+        shapes: &[Shape],
+        align: usize,
+        buffer: &wgpu::Buffer,
+    ) -> Option<Matrix> {
+        let second = stack_layout(gpu, shapes, align)?;
+        Some(Self::stacked(name, shapes, second, buffer.clone()))
     }
 
     /// Bytes on the GPU.
     pub fn bytes(&self) -> u64 {
         self.chunks.iter().map(|c| c.buffer.size()).sum()
     }
+}
+
+/// A matrix's (format, rows, cols).
+pub type Shape = (QuantType, usize, usize);
+
+/// Whether matrices of `shapes` stack into one (`Matrix::upload_stacked`): None if not, else where
+/// the rows of their second format start, if they have one.
+fn stack_layout(gpu: &Gpu, shapes: &[Shape], align: usize) -> Option<Option<Segment>> {
+    let &(first, _, cols) = shapes.first()?;
+    if shapes.iter().any(|s| s.2 != cols) {
+        return None;
+    }
+    let bytes = |s: &Shape| gpu_row_bytes(s.0, s.2) * s.1;
+    let second = match shapes.iter().position(|s| s.0 != first) {
+        None => None,
+        Some(i) => {
+            let f = shapes[i].0;
+            let rows: usize = shapes[..i].iter().map(|s| s.1).sum();
+            let words: usize = shapes[..i].iter().map(|s| bytes(s) / 4).sum();
+            let floats = |t: QuantType| FLOATS.contains(&t);
+            if shapes[i..].iter().any(|s| s.0 != f)
+                || floats(f) != floats(first)
+                || !rows.is_multiple_of(align)
+            {
+                return None;
+            }
+            Some(Segment {
+                format: f,
+                row: rows,
+                word: words,
+            })
+        }
+    };
+    let total: u64 = shapes.iter().map(|s| bytes(s) as u64).sum();
+    (total <= gpu.caps.max_storage_binding).then_some(second)
+}
+
+/// The chunks (first row, rows) of a matrix of `shape`: equal, each a whole multiple of `align` rows
+/// and at most `max_chunk_bytes` (and the binding limit).
+fn chunk_rows(gpu: &Gpu, shape: Shape, max_chunk_bytes: u64, align: usize) -> Vec<(usize, usize)> {
+    let (format, rows, cols) = shape;
+    let row_bytes = gpu_row_bytes(format, cols);
+    let max_rows =
+        (max_chunk_bytes.min(gpu.caps.max_storage_binding) as usize / row_bytes).max(align) / align
+            * align;
+    let n_chunks = rows.div_ceil(max_rows);
+    let per_chunk = rows.div_ceil(n_chunks.max(1)).div_ceil(align) * align;
+    (0..rows)
+        .step_by(per_chunk.max(1))
+        .map(|r| (r, per_chunk.min(rows - r)))
+        .collect()
 }
 
 /// Check a host matrix's size and row length against its format; its row bytes.
