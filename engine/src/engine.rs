@@ -437,6 +437,19 @@ impl WeightSource for Quantizing<'_> {
     }
 }
 
+/// A model's tokenizer and chat template.
+type Text = (Option<Tokenizer>, Option<ChatTemplate>);
+
+/// A result another thread is computing: calling it waits for it.
+type Pending<'a, T> = Box<dyn FnOnce() -> Result<T> + 'a>;
+
+fn pending<'a, T: Send + 'a>(h: std::thread::ScopedJoinHandle<'a, Result<T>>) -> Pending<'a, T> {
+    Box::new(move || {
+        h.join()
+            .unwrap_or_else(|_| Err(Error::Model("the tokenizer thread panicked".into())))
+    })
+}
+
 impl Model {
     /// Load a Hugging Face model directory (config.json, model.safetensors or shards, tokenizer.json,
     /// tokenizer_config.json, generation_config.json).
@@ -458,30 +471,33 @@ impl Model {
         } else {
             Default::default()
         };
-        let tokenizer = load_tokenizer(path)?;
-        let tc_path = path.join("tokenizer_config.json");
-        let template = if tc_path.exists() {
-            ChatTemplate::from_tokenizer_config(&tc_path)?
-        } else {
-            None
-        };
         let weights = St(SafetensorsWeights::open(path)?);
         let total = weights.0.total_bytes();
-        match opts.quant {
-            Some(q) => {
-                let qw = Quantizing::new(&weights, q);
-                let m = Self::build(
-                    path, cfg, gen_cfg, tokenizer, template, &qw, total, opts, t0,
-                )?;
-                for line in qw.report() {
-                    log::warn!("{line}");
+        // The tokenizer and template are read on another thread while the model loads.
+        let text = || -> Result<Text> {
+            let tokenizer = load_tokenizer(path)?;
+            let tc_path = path.join("tokenizer_config.json");
+            let template = if tc_path.exists() {
+                ChatTemplate::from_tokenizer_config(&tc_path)?
+            } else {
+                None
+            };
+            Ok((tokenizer, template))
+        };
+        std::thread::scope(|s| {
+            let text = pending(s.spawn(text));
+            match opts.quant {
+                Some(q) => {
+                    let qw = Quantizing::new(&weights, q);
+                    let m = Self::build(path, cfg, gen_cfg, text, &qw, total, opts, t0)?;
+                    for line in qw.report() {
+                        log::warn!("{line}");
+                    }
+                    Ok(m)
                 }
-                Ok(m)
+                None => Self::build(path, cfg, gen_cfg, text, &weights, total, opts, t0),
             }
-            None => Self::build(
-                path, cfg, gen_cfg, tokenizer, template, &weights, total, opts, t0,
-            ),
-        }
+        })
     }
 
     fn load_gguf(path: &Path, opts: LoadOptions, t0: Instant) -> Result<Model> {
@@ -491,12 +507,25 @@ impl Model {
             ));
         }
         let g = GgufModel::open(path)?;
-        let tokenizer = g.tokenizer()?;
-        let template = g.chat_template(tokenizer.as_ref())?;
         let gen_cfg = g.generation_config()?;
         let total = crate::gguf_loader::total_bytes(&g.file);
         let cfg = g.cfg.clone();
-        Self::build(path, cfg, gen_cfg, tokenizer, template, &g, total, opts, t0)
+        // The tokenizer (151k tokens and merges for Qwen2) is built on another thread while the
+        // model loads.
+        let text = || -> Result<Text> {
+            let lap = Instant::now();
+            let tokenizer = g.tokenizer()?;
+            let template = g.chat_template(tokenizer.as_ref())?;
+            log::debug!(
+                "tokenizer and chat template built in {:.0} ms",
+                lap.elapsed().as_secs_f64() * 1e3
+            );
+            Ok((tokenizer, template))
+        };
+        std::thread::scope(|s| {
+            let text = pending(s.spawn(text));
+            Self::build(path, cfg, gen_cfg, text, &g, total, opts, t0)
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -504,8 +533,7 @@ impl Model {
         path: &Path,
         cfg: ModelConfig,
         gen_cfg: GenerationConfig,
-        tokenizer: Option<Tokenizer>,
-        template: Option<ChatTemplate>,
+        text: Pending<'_, Text>,
         weights: &dyn WeightSource,
         total_bytes: u64,
         mut opts: LoadOptions,
@@ -579,9 +607,6 @@ impl Model {
         let kv = KvCache::new(&gpu, &cfg, ctx, n_slots, kv_type)?;
         let steps = StepBuffers::new(&gpu, batch, max_out)?;
         let dummy = gpu.storage("dummy", 16)?;
-        let n_valid = tokenizer
-            .as_ref()
-            .map_or(cfg.vocab, |t| sampleable_ids(t).min(cfg.vocab));
         let mut stop_ids: Vec<u32> = gen_cfg.eos.iter().chain(&cfg.eos).copied().collect();
         stop_ids.sort();
         stop_ids.dedup();
@@ -602,7 +627,7 @@ impl Model {
                 )));
             }
             let mut g = Graph::probe(&gpu, &kernels, &steps, &dummy);
-            net.forward(&mut g, &acts, &kv, n_valid);
+            net.forward(&mut g, &acts, &kv, cfg.vocab);
             g.probed()
         };
         let lap = Instant::now();
@@ -623,6 +648,10 @@ impl Model {
         });
         let net = net?;
         let compile_ms = compiled?;
+        let (tokenizer, template) = text()?;
+        let n_valid = tokenizer
+            .as_ref()
+            .map_or(cfg.vocab, |t| sampleable_ids(t).min(cfg.vocab));
         let wait_ms = lap.elapsed().as_secs_f64() * 1e3 - weights_ms;
         let lap = Instant::now();
         let built = kernels.built();
