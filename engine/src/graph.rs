@@ -705,9 +705,10 @@ impl<'a> Graph<'a> {
         if missing {
             return;
         }
-        // The quantize of x, recorded with the first chunk.
-        let mut quantize = quantize.map(|pl| {
-            let (xq, xd) = self.x8_scratch(w.cols);
+        // xq and xd for this width (int8 only), written by the quantize of x recorded with the
+        // first chunk and read by every chunk's matvec.
+        let scratch = x8.then(|| self.x8_scratch(w.cols));
+        let mut quantize = quantize.zip(scratch.as_ref()).map(|(pl, (xq, xd))| {
             let p = self.norm_params(w.cols, eps);
             let grid = Grid::PerRow((w.cols as u32 / 32).div_ceil(64), o.count);
             let bufs = [
@@ -716,12 +717,11 @@ impl<'a> Graph<'a> {
                 (2, x),
                 (3, g),
                 (4, rows),
-                (5, &xq),
-                (6, &xd),
+                (5, xq),
+                (6, xd),
             ];
             self.make("quantize_q8", &pl, &bufs, grid)
         });
-        let scratch = x8.then(|| self.x8_scratch(w.cols));
         for c in &w.chunks {
             let p = self.uniform(
                 "linear",
