@@ -279,7 +279,8 @@ fn check_context_fits(
 /// Where a model load's time went, ms (wall clock).
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
 pub struct LoadTimes {
-    /// Opening the files (headers, tokenizer, chat template) before the device is touched.
+    /// Opening the files (headers, metadata) before the device is touched; the tokenizer and chat
+    /// template are built on another thread beside the rest of the load.
     pub files_ms: f64,
     /// Adapter and device creation, pipeline cache file read.
     pub device_ms: f64,
@@ -440,10 +441,10 @@ impl WeightSource for Quantizing<'_> {
 /// A model's tokenizer and chat template.
 type Text = (Option<Tokenizer>, Option<ChatTemplate>);
 
-/// A result another thread is computing: calling it waits for it.
-type Pending<'a, T> = Box<dyn FnOnce() -> Result<T> + 'a>;
+/// The tokenizer and template another thread is building: calling it waits for them.
+type PendingText<'a> = Box<dyn FnOnce() -> Result<Text> + 'a>;
 
-fn pending<'a, T: Send + 'a>(h: std::thread::ScopedJoinHandle<'a, Result<T>>) -> Pending<'a, T> {
+fn pending(h: std::thread::ScopedJoinHandle<'_, Result<Text>>) -> PendingText<'_> {
     Box::new(move || {
         h.join()
             .unwrap_or_else(|_| Err(Error::Model("the tokenizer thread panicked".into())))
@@ -533,7 +534,7 @@ impl Model {
         path: &Path,
         cfg: ModelConfig,
         gen_cfg: GenerationConfig,
-        text: Pending<'_, Text>,
+        text: PendingText<'_>,
         weights: &dyn WeightSource,
         total_bytes: u64,
         mut opts: LoadOptions,
@@ -648,11 +649,11 @@ impl Model {
         });
         let net = net?;
         let compile_ms = compiled?;
+        let wait_ms = lap.elapsed().as_secs_f64() * 1e3 - weights_ms;
         let (tokenizer, template) = text()?;
         let n_valid = tokenizer
             .as_ref()
             .map_or(cfg.vocab, |t| sampleable_ids(t).min(cfg.vocab));
-        let wait_ms = lap.elapsed().as_secs_f64() * 1e3 - weights_ms;
         let lap = Instant::now();
         let built = kernels.built();
         let plan = {

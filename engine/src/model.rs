@@ -143,11 +143,11 @@ impl<'a> Weights<'a> {
         Ok(b)
     }
 
-    /// A table the model computes (not a tensor of the file), as f32.
-    pub fn table(&self, name: &str, v: &[f32]) -> Result<wgpu::Buffer> {
+    /// A table the model computes (not a tensor of the file), as f32 (not computed for placeholders).
+    pub fn table(&self, name: &str, v: impl FnOnce() -> Vec<f32>) -> Result<wgpu::Buffer> {
         match self.placeholder {
             Some(buffer) => Ok(buffer.clone()),
-            None => upload_f32(self.gpu, name, v),
+            None => upload_f32(self.gpu, name, &v()),
         }
     }
 
@@ -440,7 +440,7 @@ impl Decoder {
             .map(|l| Block::new(c, &m.pp(&format!("layers.{l}"))))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(c.hidden, c.rms_eps, &m.pp("norm"))?;
-        let rope = w.table("rope", &c.rope.table(positions, c.head_dim))?;
+        let rope = w.table("rope", || c.rope.table(positions, c.head_dim))?;
         Ok(Decoder {
             cfg: c.clone(),
             embed,
