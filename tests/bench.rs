@@ -169,3 +169,71 @@ fn parallel_tg_decodes_every_slot_per_step() {
         "{e}"
     );
 }
+
+/// `--profile`: every dispatch of a step timed on its own, named by kernel and weight; the profiled
+/// forward computes what the ordinary one does (same logits, bit for bit), and the report sums each
+/// name over the layers.
+#[test]
+fn profile_times_every_dispatch_of_a_step() {
+    let spec = BenchSpec {
+        n_prompt: vec![0],
+        parallel: vec![1, 2],
+        reps: 1,
+        profile: true,
+        ..spec()
+    };
+    let Some(mut model) = load(&spec) else { return };
+    let greedy = glint::sampler::SamplingParams::greedy();
+    let sample = glint::engine::SeqSample {
+        params: &greedy,
+        u: 0.0,
+        top_logprobs: None,
+    };
+    let step = [glint::engine::SeqStep {
+        slot: 0,
+        tokens: &[5, 17, 3],
+        sample: Some(sample),
+    }];
+    if !model.gpu.caps.timestamps {
+        let e = model.profile_call(&step).unwrap_err().to_string();
+        assert!(e.contains("TIMESTAMP_QUERY"), "{e}");
+        return;
+    }
+    let profile = model.profile_call(&step).expect("profile");
+    assert_eq!(model.slot_ids(0), [5, 17, 3]);
+    let profiled = model.logits().expect("logits");
+    assert_eq!(profile.len(), model.call_dispatches(3, 1, 3));
+    assert_eq!(profile[0].0, "embed");
+    assert!(profile.iter().all(|(_, ns)| ns.is_finite() && *ns >= 0.0));
+    assert!(profile.iter().map(|p| p.1).sum::<f64>() > 0.0);
+    // A linear layer is named by kernel, weight (layer number as *), format and shape.
+    let down = profile
+        .iter()
+        .find(|(n, _)| n.contains("layers.*.mlp.down_proj"))
+        .map(|p| p.0.clone());
+    let down = down.unwrap_or_else(|| panic!("no down_proj in {profile:?}"));
+    assert!(down.starts_with("matvec"), "{down}");
+    assert!(
+        down.ends_with(&format!("x{}", model.cfg.intermediate)),
+        "{down}"
+    );
+    model.truncate_slot(0, 0);
+    model.step_batch(&step).expect("step");
+    assert_eq!(model.logits().expect("logits"), profiled);
+
+    let r = run_bench(&mut model, &spec).expect("bench");
+    assert_eq!(r.profile.len(), 2);
+    for p in &r.profile {
+        let n: usize = p.rows.iter().map(|r| r.dispatches).sum();
+        let at = spec.tg_prompt + 1;
+        assert_eq!(n, model.call_dispatches(p.seqs, p.seqs, at), "x{}", p.seqs);
+        assert_eq!(p.gpu_ns, p.rows.iter().map(|r| r.ns).sum::<f64>());
+        assert!(p.step_ns > 0.0);
+    }
+    let md = r.to_markdown();
+    assert!(
+        md.contains("| dispatch | n | ms x1 | % x1 | ms x2 | % x2 |"),
+        "{md}"
+    );
+    assert!(md.contains("| sum of the dispatches |"), "{md}");
+}

@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// Skip the warm-up run.
     #[arg(long)]
     no_warmup: bool,
+    /// Also profile one decode step for each --parallel entry: every dispatch timed by the GPU's
+    /// timestamps, a table of milliseconds per kernel and weight (needs TIMESTAMP_QUERY).
+    #[arg(long)]
+    profile: bool,
 }
 
 pub fn bench(a: BenchArgs) -> glint::Result<()> {
@@ -84,6 +88,7 @@ pub fn bench(a: BenchArgs) -> glint::Result<()> {
         batch: a.batch,
         ctx_size: a.ctx_size,
         parallel: a.parallel,
+        profile: a.profile,
         ..Default::default()
     };
     let mut opts = spec.load_options(a.model.gpu.options()?);

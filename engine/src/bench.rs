@@ -58,6 +58,9 @@ pub struct BenchSpec {
     /// depth), then n steps of one token of every slot per batched forward, so its t/s counts all S
     /// slots' tokens (the aggregate that continuous batching in `glint serve` gets).
     pub parallel: Vec<usize>,
+    /// Also profile one decode step per `parallel` entry ([`BenchReport::profile`]): every dispatch
+    /// timed by GPU timestamps, summed per kernel and weight.
+    pub profile: bool,
 }
 
 impl Default for BenchSpec {
@@ -73,6 +76,7 @@ impl Default for BenchSpec {
             ctx_size: None,
             seed: 42,
             parallel: vec![1],
+            profile: false,
         }
     }
 }
@@ -298,6 +302,33 @@ pub struct BenchReport {
     /// The load average when the run ended.
     pub load_avg_end: Option<[f64; 3]>,
     pub tests: Vec<TestReport>,
+    /// With [`BenchSpec::profile`]: one decode step per `parallel` entry, where its time goes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub profile: Vec<StepProfile>,
+}
+
+/// Where one decode step of `seqs` sequences (one token each, after `tg_prompt` tokens) spends its
+/// GPU time: every dispatch in a compute pass of its own, timed by the GPU's timestamps
+/// ([`Model::profile_call`]), the median of the repetitions.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepProfile {
+    pub seqs: usize,
+    /// Per kernel (and, for a linear layer, weight, format and shape: "matvec_tok
+    /// model.layers.*.mlp.down_proj Q6_K 896x4864"), in order of first use, summed over the layers.
+    pub rows: Vec<ProfileRow>,
+    /// Sum of every dispatch's time (ns).
+    pub gpu_ns: f64,
+    /// Wall time of the same step run as usual, one pass and a read back (ns, median).
+    pub step_ns: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProfileRow {
+    pub name: String,
+    /// Dispatches of this name in the step.
+    pub dispatches: usize,
+    /// Their summed time (ns, median over the repetitions).
+    pub ns: f64,
 }
 
 /// Deterministic token ids below `n` (xorshift64*).
@@ -486,6 +517,15 @@ pub fn run_bench(model: &mut Model, spec: &BenchSpec) -> Result<BenchReport> {
         }
     }
 
+    let profile = if spec.profile {
+        spec.parallel_list()
+            .into_iter()
+            .map(|seqs| profile_step(model, spec, seqs))
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
+
     let info = &model.gpu.info;
     Ok(BenchReport {
         glint_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -512,7 +552,89 @@ pub fn run_bench(model: &mut Model, spec: &BenchSpec) -> Result<BenchReport> {
         machine,
         load_avg_end: load_average(),
         tests,
+        profile,
     })
+}
+
+/// [`StepProfile`] of a decode step of `seqs` slots, each after `tg_prompt` tokens.
+fn profile_step(model: &mut Model, spec: &BenchSpec, seqs: usize) -> Result<StepProfile> {
+    let n_valid = model.n_valid();
+    let ids: Vec<Vec<u32>> = (0..seqs as u64)
+        .map(|s| token_ids(spec.seed ^ 0xC3C3 ^ (s << 32), spec.tg_prompt + 1, n_valid))
+        .collect();
+    let greedy = SamplingParams::greedy();
+    let sample = SeqSample {
+        params: &greedy,
+        u: 0.0,
+        top_logprobs: None,
+    };
+    let step: Vec<SeqStep> = ids
+        .iter()
+        .enumerate()
+        .map(|(slot, ids)| SeqStep {
+            slot,
+            tokens: &ids[spec.tg_prompt..],
+            sample: Some(sample),
+        })
+        .collect();
+    let reset = |model: &mut Model| -> Result<()> {
+        for (slot, ids) in ids.iter().enumerate() {
+            model.fill_slot_for_bench(slot, 0)?;
+            if spec.tg_prompt > 0 {
+                model.feed_slot_for_bench(slot, &ids[..spec.tg_prompt])?;
+            }
+        }
+        Ok(())
+    };
+    // One untimed call first (first-use costs), then the repetitions.
+    reset(model)?;
+    model.profile_call(&step)?;
+    let mut runs = Vec::new();
+    let mut walls = Vec::new();
+    for _ in 0..spec.reps {
+        reset(model)?;
+        runs.push(model.profile_call(&step)?);
+        reset(model)?;
+        let t = Instant::now();
+        model.step_batch(&step)?;
+        walls.push(t.elapsed().as_nanos() as f64);
+    }
+    // Per name: (dispatches, each repetition's sum).
+    let mut rows: Vec<(String, usize, Vec<f64>)> = Vec::new();
+    for (r, run) in runs.iter().enumerate() {
+        for (name, ns) in run {
+            let k = match rows.iter().position(|row| &row.0 == name) {
+                Some(k) => k,
+                None => {
+                    rows.push((name.clone(), 0, vec![0.0; runs.len()]));
+                    rows.len() - 1
+                }
+            };
+            if r == 0 {
+                rows[k].1 += 1;
+            }
+            rows[k].2[r] += ns;
+        }
+    }
+    let rows: Vec<ProfileRow> = rows
+        .into_iter()
+        .map(|(name, dispatches, mut v)| ProfileRow {
+            name,
+            dispatches,
+            ns: median(&mut v),
+        })
+        .collect();
+    Ok(StepProfile {
+        seqs,
+        gpu_ns: rows.iter().map(|r| r.ns).sum(),
+        rows,
+        step_ns: median(&mut walls),
+    })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// "tg128", or llama-bench's "tg128 @ d4096" at a depth.
@@ -674,6 +796,51 @@ impl BenchReport {
             self.machine.describe(),
             fmt_load(self.load_avg_end)
         );
+        out += &self.profile_markdown();
+        out
+    }
+
+    /// The profile as a table: one row per kernel and weight, ms per step and share of the step's GPU
+    /// time for each number of sequences.
+    fn profile_markdown(&self) -> String {
+        if self.profile.is_empty() {
+            return String::new();
+        }
+        // Every name, in order of first use (a single-token step picks other variants than a batch).
+        let mut names: Vec<(&str, usize)> = Vec::new();
+        for p in &self.profile {
+            for r in &p.rows {
+                if !names.iter().any(|n| n.0 == r.name) {
+                    names.push((&r.name, r.dispatches));
+                }
+            }
+        }
+        let mut out = String::from("\n| dispatch | n |");
+        let mut rule = String::from("\n| --- | ---: |");
+        for p in &self.profile {
+            out += &format!(" ms x{} | % x{} |", p.seqs, p.seqs);
+            rule += " ---: | ---: |";
+        }
+        out += &rule;
+        out += "\n";
+        for (name, dispatches) in names {
+            out += &format!("| {name} | {dispatches} |");
+            for p in &self.profile {
+                let ns = p.rows.iter().find(|r| r.name == name).map_or(0.0, |r| r.ns);
+                out += &format!(" {:.2} | {:.1} |", ns / 1e6, 100.0 * ns / p.gpu_ns.max(1.0));
+            }
+            out += "\n";
+        }
+        out += "| sum of the dispatches | |";
+        for p in &self.profile {
+            out += &format!(" {:.2} | 100 |", p.gpu_ns / 1e6);
+        }
+        out += "\n| the step as usual (wall) | |";
+        for p in &self.profile {
+            out += &format!(" {:.2} | |", p.step_ns / 1e6);
+        }
+        out += "\n\nProfile: one decode step (one token per sequence), each dispatch in a compute pass of its own \
+                timed by GPU timestamps, median of the repetitions; the usual step runs them in one pass.\n";
         out
     }
 }

@@ -1071,8 +1071,9 @@ impl Model {
             .collect()
     }
 
-    /// The batched call itself: the next id of each sequence that samples.
-    fn step_ids(&mut self, seqs: &[SeqStep]) -> Result<Vec<Option<u32>>> {
+    /// Check a batched call, write its ids and per-token (slot, position) and outputs, and append its
+    /// tokens to the slots: the call's shape and its number of outputs, ready to record.
+    fn begin_call(&mut self, seqs: &[SeqStep]) -> Result<(CallShape, usize)> {
         let n_tokens: usize = seqs.iter().map(|s| s.tokens.len()).sum();
         if n_tokens == 0 || n_tokens > self.acts.batch {
             return Err(Error::Input(format!(
@@ -1122,6 +1123,12 @@ impl Model {
         for s in seqs {
             self.slots[s.slot].extend_from_slice(s.tokens);
         }
+        Ok((call, n_out))
+    }
+
+    /// The batched call itself: the next id of each sequence that samples.
+    fn step_ids(&mut self, seqs: &[SeqStep]) -> Result<Vec<Option<u32>>> {
+        let (call, n_out) = self.begin_call(seqs)?;
         let mut enc = self.gpu.device.create_command_encoder(&Default::default());
         self.plan.record(&mut enc, call);
         if n_out == 0 {
@@ -1174,6 +1181,47 @@ impl Model {
                     words[(k - 1) * stride]
                 })
             })
+            .collect())
+    }
+
+    /// Run one batched call (as [`Model::step`], without sampling) with every dispatch timed by GPU
+    /// timestamps: each dispatch's name (kernel, and a linear layer's weight) and nanoseconds, in
+    /// order. Each dispatch runs in a compute pass of its own ([`Plan::record_profiled`]), so the sum
+    /// is somewhat above an ordinary call's time. Needs TIMESTAMP_QUERY.
+    pub fn profile_call(&mut self, seqs: &[SeqStep]) -> Result<Vec<(String, f64)>> {
+        if !self.gpu.caps.timestamps {
+            return Err(Error::Input(format!(
+                "profiling needs GPU timestamps (TIMESTAMP_QUERY), which {} does not have",
+                self.gpu.describe()
+            )));
+        }
+        let (call, _) = self.begin_call(seqs)?;
+        let n = self.plan.dispatches_for(call) as u32;
+        let set = self.gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2 * n,
+        });
+        let bytes = 16 * n as u64;
+        let resolve = self.gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile resolve"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let read = self.gpu.readback("profile read", bytes);
+        let mut enc = self.gpu.device.create_command_encoder(&Default::default());
+        let names = self.plan.record_profiled(&mut enc, call, &set);
+        enc.resolve_query_set(&set, 0..2 * n, &resolve, 0);
+        enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, bytes);
+        self.gpu.queue.submit([enc.finish()]);
+        let raw = self.gpu.read_mapped(&read, bytes)?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&raw);
+        let period = self.gpu.queue.get_timestamp_period() as f64;
+        Ok(names
+            .into_iter()
+            .zip(ticks.chunks(2))
+            .map(|(name, t)| (name, t[1].saturating_sub(t[0]) as f64 * period))
             .collect())
     }
 

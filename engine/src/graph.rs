@@ -97,6 +97,9 @@ struct Dispatch {
     bind_group: wgpu::BindGroup,
     grid: Grid,
     label: &'static str,
+    /// What a profile names it by beyond the kernel: a linear layer's weight (its name with the layer
+    /// number as `*`), format and shape; empty for the other kernels.
+    detail: String,
 }
 
 impl Dispatch {
@@ -199,10 +202,62 @@ impl Plan {
             .collect()
     }
 
+    /// Record a call as [`Plan::record`] does, but each dispatch in a compute pass of its own that
+    /// writes timestamps `2i` (beginning) and `2i + 1` (end) of `set`, for the i-th dispatch recorded;
+    /// `set` needs `2 * dispatches_for(call)` entries. The returned names (kernel, and a linear
+    /// layer's weight) are those dispatches', in order. For profiling (`glint bench --profile`): a
+    /// pass per dispatch costs more than the one pass of `record`.
+    pub fn record_profiled(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        call: CallShape,
+        set: &wgpu::QuerySet,
+    ) -> Vec<String> {
+        let mut names = Vec::new();
+        for d in self.picks(call) {
+            if d.grid.size(call).contains(&0) {
+                continue;
+            }
+            let i = names.len() as u32;
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(d.label),
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: set,
+                    beginning_of_pass_write_index: Some(2 * i),
+                    end_of_pass_write_index: Some(2 * i + 1),
+                }),
+            });
+            d.record(&mut pass, call);
+            names.push(if d.detail.is_empty() {
+                d.label.to_string()
+            } else {
+                format!("{} {}", d.label, d.detail)
+            });
+        }
+        names
+    }
+
     /// Dispatches a call records (those whose grid is not empty).
     pub fn dispatches_for(&self, call: CallShape) -> usize {
         self.labels(call).len()
     }
+}
+
+/// A weight's name with its layer number as `*` ("model.layers.*.mlp.down_proj"), so that a profile
+/// adds up each role over the layers.
+fn layer_pattern(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut in_number = false;
+    for c in name.chars() {
+        let digit = c.is_ascii_digit();
+        if !digit {
+            out.push(c);
+        } else if !in_number {
+            out.push('*');
+        }
+        in_number = digit;
+    }
+    out
 }
 
 /// The attention heads of a layer.
@@ -460,6 +515,7 @@ impl<'a> Graph<'a> {
             bind_group,
             grid,
             label,
+            detail: String::new(),
         }
     }
 
@@ -762,6 +818,13 @@ impl<'a> Graph<'a> {
                 None => bufs.to_vec(),
             };
             let row_groups = (c.rows as u32).div_ceil(shapes.rows_per_wg());
+            let detail = format!(
+                "{} {} {}x{}",
+                layer_pattern(&w.name),
+                w.format.name(),
+                c.rows,
+                w.cols
+            );
             let count = o.count;
             let make = |g: &Self, i: usize, grid| {
                 let k = kernels[i];
@@ -772,7 +835,9 @@ impl<'a> Graph<'a> {
                     LinearKernel::Single => (&bufs, "matvec"),
                     _ => (&bufs, "matvec_tok"),
                 };
-                g.make(label, pipes[i].as_ref().expect("built"), b, grid)
+                let mut d = g.make(label, pipes[i].as_ref().expect("built"), b, grid);
+                d.detail = detail.clone();
+                d
             };
             let single = make(self, 0, Grid::Rows(row_groups, 1, count));
             let blocks = make(self, 1, Grid::Rows(row_groups, shapes.block_tokens, count));
