@@ -845,9 +845,19 @@ impl<'t, 's, M: BatchModel> Loop<'t, 's, M> {
             }
         };
         self.steps += 1;
+        let micros = t0.elapsed().as_micros() as usize;
+        log::debug!(
+            "step {}: {} tokens ({} decoding, {} prompt tokens of {} slot(s)) in {:.1} ms",
+            self.steps,
+            parts.iter().map(|p| p.tokens.len()).sum::<usize>(),
+            parts.iter().filter(|p| p.prompt == 0).count(),
+            parts.iter().map(|p| p.prompt).sum::<usize>(),
+            parts.iter().filter(|p| p.prompt > 0).count(),
+            micros as f64 / 1e3
+        );
         let m = &self.shared.metrics;
         add(&m.steps_total, 1);
-        add(&m.step_micros_total, t0.elapsed().as_micros() as usize);
+        add(&m.step_micros_total, micros);
         m.set_live(self.model.live_buffers());
         let mut generated = 0;
         for (p, s) in parts.iter().zip(out) {
