@@ -33,7 +33,7 @@ override WFMT2: u32 = WFMT_F32;
 override WG: u32 = 64u;
 override TPR: u32 = 8u;
 override TOK: u32 = 1u;   // tokens per workgroup, at most 8
-override RPI: u32 = 1u;   // rows per invocation: 1, 2 or 4, dividing WG / TPR
+override RPI: u32 = 1u;   // rows per invocation: 1, 2, 4 or 8, dividing WG / TPR
 override NORM: bool = false;
 override GATHER: bool = false;
 override GLU: bool = false;
@@ -47,8 +47,8 @@ override GLU: bool = false;
 @group(0) @binding(6) var<storage, read> g: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read> rows: array<u32>;
 
-// The sums of the invocation's RPI rows x TOK tokens, row-major.
-var<private> acc: array<f32, 32>;
+// The sums of the invocation's RPI rows x TOK tokens, row-major (at most 8 x 8).
+var<private> acc: array<f32, MAX_RPI * 8u>;
 // Per token: the sum of x^2 (NORM) and x's first vec4 of the token's row.
 var<private> ss: array<f32, 8>;
 var<private> xbase: array<u32, 8>;
@@ -130,7 +130,7 @@ fn matvec(
     let t0 = wid.z * TOK;
     let n_tok = min(TOK, step.n - min(t0, step.n));
     let tok_last = max(n_tok, 1u) - 1u;
-    for (var i = 0u; i < 32u; i = i + 1u) {
+    for (var i = 0u; i < RPI * TOK; i = i + 1u) {
         acc[i] = 0.0;
     }
     for (var t = 0u; t < TOK; t = t + 1u) {

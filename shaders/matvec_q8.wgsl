@@ -21,8 +21,8 @@
 @group(0) @binding(9) var<storage, read> xd: array<vec4<f32>>;
 
 // Integer sums of the current half-unit's lo and hi elements, per (row, token) as acc.
-var<private> ilo: array<i32, 32>;
-var<private> ihi: array<i32, 32>;
+var<private> ilo: array<i32, MAX_RPI * 8u>;
+var<private> ihi: array<i32, MAX_RPI * 8u>;
 // x of the TOK tokens: the current word's lo and hi bytes, and the unit's lo and hi blocks' xd.
 var<private> ql: array<u32, 8>;
 var<private> qh: array<u32, 8>;

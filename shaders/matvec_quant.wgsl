@@ -48,7 +48,7 @@ override WFMT2: u32 = WFMT_Q8_0;
 override WG: u32 = 64u;
 override TPR: u32 = 8u;
 override TOK: u32 = 1u;   // tokens per workgroup, at most 8
-override RPI: u32 = 1u;   // rows per invocation: 1, 2 or 4, dividing WG / TPR
+override RPI: u32 = 1u;   // rows per invocation: 1, 2, 4 or 8, dividing WG / TPR
 override NORM: bool = false;
 override GATHER: bool = false;
 override GLU: bool = false;
@@ -62,14 +62,14 @@ override GLU: bool = false;
 @group(0) @binding(6) var<storage, read> g: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read> rows: array<u32>;
 
-// The sums of the invocation's RPI rows x TOK tokens, row-major.
-var<private> acc: array<f32, 32>;
+// The sums of the invocation's RPI rows x TOK tokens, row-major (at most 8 x 8).
+var<private> acc: array<f32, MAX_RPI * 8u>;
 // Per token: the sum of x^2 (NORM) and x's first vec4 of the token's row.
 var<private> ss: array<f32, 8>;
 var<private> xbase: array<u32, 8>;
 // Per row: its unit's first word and the unit's affine map (unit_affine).
-var<private> ubw: array<u32, 4>;
-var<private> uaff: array<vec4<f32>, 4>;
+var<private> ubw: array<u32, MAX_RPI>;
+var<private> uaff: array<vec4<f32>, MAX_RPI>;
 // x of the TOK tokens at the current word's low and high elements.
 var<private> xl: array<vec4<f32>, 8>;
 var<private> xh: array<vec4<f32>, 8>;
@@ -235,7 +235,7 @@ fn matvec_begin(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Place {
     let t0 = wid.z * TOK;
     let n_tok = min(TOK, step.n - min(t0, step.n));
     let tok_last = max(n_tok, 1u) - 1u;
-    for (var i = 0u; i < 32u; i = i + 1u) {
+    for (var i = 0u; i < RPI * TOK; i = i + 1u) {
         acc[i] = 0.0;
     }
     for (var t = 0u; t < TOK; t = t + 1u) {

@@ -95,7 +95,7 @@ fn qkv_stacked_two_float_formats_with_the_norm() {
 /// silu(W_gate rmsnorm(x)) * (W_up rmsnorm(x)) from the interleaved matrix.
 fn gate_up(f: QuantType, rows: usize, cols: usize) {
     for (kernel, tiled_from, n) in kernel_cases() {
-        for lane_rows in [1, 2, 4] {
+        for lane_rows in [1, 2, 4, 8] {
             if kernel == "tiled" && lane_rows != 2 {
                 continue;
             }

@@ -135,11 +135,11 @@ fn int8_matvec_all_types_and_variants() {
     }
 }
 
-/// The other workgroup geometries: 1 and 4 rows per lane, and the workgroup-memory reduction with 32
+/// The other workgroup geometries: 1, 4 and 8 rows per lane, and the workgroup-memory reduction with 32
 /// lanes per row.
 #[test]
 fn int8_matvec_workgroup_shapes() {
-    for (lane_rows, shared) in [(1, false), (4, false), (2, true)] {
+    for (lane_rows, shared) in [(1, false), (4, false), (8, false), (2, true)] {
         let Some(c) = ctx_int8(|s| {
             s.lane_rows = lane_rows;
             if shared {

@@ -54,14 +54,16 @@ fn matvec_quant_all_types_real_shapes() {
     }
 }
 
-/// The other workgroup geometries of the quantized matvec: 1 and 4 rows per invocation, and the
+/// The other workgroup geometries of the quantized matvec: 1, 4 and 8 rows per invocation (the
+/// defaults: 2 on GPUs, 8 on CPU devices), and the
 /// portable workgroup-memory reduction with 32 lanes per row (the shape of a GPU without fixed-size
 /// subgroups: a 32-element-block row of 896 has 28 blocks, fewer than the lanes), decode and prefill.
 #[test]
 fn matvec_quant_workgroup_shapes() {
-    let shapes: [(Option<(u32, u32)>, u32); 4] = [
+    let shapes: [(Option<(u32, u32)>, u32); 5] = [
         (None, 1),
         (None, 4),
+        (None, 8),
         (Some((32, 128)), 1),
         (Some((32, 128)), 4),
     ];

@@ -37,6 +37,10 @@ pub const SAMPLE: &str = include_str!("../../shaders/sample.wgsl");
 pub const REDUCE_SUBGROUP: &str = include_str!("../../shaders/reduce_subgroup.wgsl");
 pub const REDUCE_SHARED: &str = include_str!("../../shaders/reduce_shared.wgsl");
 
+/// The matvecs' rows per invocation the shaders take ([`Shapes::lane_rows`]).
+pub const LANE_ROWS: [u32; 6] = [1, 2, 4, 8, 16, 32];
+const MAX_LANE_ROWS: u32 = 32;
+
 /// Which row reduction a module is composed with.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -69,14 +73,23 @@ pub fn compose(kernel: &str, reduce: Option<Reduce>) -> String {
     }
 }
 
-/// matvec.wgsl with its epilogue (linear_epilogue.wgsl).
-pub fn matvec_source() -> String {
-    format!("{MATVEC}\n{LINEAR_EPILOGUE}")
+/// The bound on the matvecs' rows per invocation (RPI) that sizes their private arrays (the sums of
+/// RPI rows x 8 tokens, and per row its unit's word and scales): the shapes' lane_rows, at least 2
+/// (the GLU pairs). A module built for it runs any RPI up to it; sizing by the shapes keeps a GPU's
+/// two rows per lane from declaring the 32 x 8 sums a CPU device's shapes need.
+fn rpi_bound(shapes: &Shapes) -> u32 {
+    shapes.lane_rows.max(2)
 }
 
-/// matvec_quant.wgsl and its int8 variant (matvec_q8.wgsl, entry point `matvec_q8`), with their epilogue.
-pub fn matvec_quant_source() -> String {
-    format!("{MATVEC_QUANT}\n{MATVEC_Q8}\n{LINEAR_EPILOGUE}")
+/// matvec.wgsl with its epilogue (linear_epilogue.wgsl), for RPI up to `max_rpi`.
+pub fn matvec_source(max_rpi: u32) -> String {
+    format!("const MAX_RPI: u32 = {max_rpi}u;\n{MATVEC}\n{LINEAR_EPILOGUE}")
+}
+
+/// matvec_quant.wgsl and its int8 variant (matvec_q8.wgsl, entry point `matvec_q8`), with their
+/// epilogue, for RPI up to `max_rpi`.
+pub fn matvec_quant_source(max_rpi: u32) -> String {
+    format!("const MAX_RPI: u32 = {max_rpi}u;\n{MATVEC_QUANT}\n{MATVEC_Q8}\n{LINEAR_EPILOGUE}")
 }
 
 /// A module that reads quantized weights: the kernel file, the block decoders (`dequant.wgsl`), then the
@@ -110,7 +123,8 @@ pub fn all_modules() -> Vec<(String, String)> {
             crate::logprobs::LOGPROBS.to_string(),
         ),
     ];
-    let matvec = matvec_source();
+    // At the largest bound the shapes allow.
+    let matvec = matvec_source(MAX_LANE_ROWS);
     for (name, src) in [("matvec", matvec.as_str()), ("rmsnorm", RMSNORM)] {
         v.push((
             format!("{name}+subgroup"),
@@ -126,7 +140,7 @@ pub fn all_modules() -> Vec<(String, String)> {
         };
         v.push((
             name.to_string(),
-            compose_dequant(&matvec_quant_source(), Some(r)),
+            compose_dequant(&matvec_quant_source(MAX_LANE_ROWS), Some(r)),
         ));
     }
     v
@@ -153,11 +167,13 @@ pub struct Shapes {
     /// From how many tokens a linear layer runs the tiled matmul instead (`None`: never, on
     /// barrier-averse devices).
     pub tiled_from: Option<u32>,
-    /// Rows per lane (invocation) of the matvecs (1, 2 or 4; must divide matvec_wg / tpr): each x load
-    /// then serves that many rows, and the workgroup has matvec_wg / lane_rows invocations (the rows per
-    /// workgroup are unchanged). 4 on CPU devices, where every per-lane load is costly (lavapipe:
-    /// decode about 1.5x, 8-token prefill about 2x faster than with 1); 2 elsewhere. The GLU-fused
-    /// gate/up matvec needs pairs: it uses at least 2.
+    /// Rows per lane (invocation) of the matvecs ([`LANE_ROWS`]: 1 to 32; must divide matvec_wg /
+    /// tpr): each x load then serves that many rows, and the workgroup has matvec_wg / lane_rows
+    /// invocations (the rows per workgroup are unchanged). 32 on CPU devices with fixed subgroups
+    /// (32 rows per workgroup), where every per-lane load is costly (lavapipe: 4 made decode about
+    /// 1.5x and 8-token prefill about 2x faster than 1; 32 then made decode 1.7x, 4-sequence decode
+    /// 2.4x and 16-token prefill 2.8x faster than 4, docs/PERFORMANCE.md); 2 elsewhere. The
+    /// GLU-fused gate/up matvec needs pairs: it uses at least 2.
     pub lane_rows: u32,
     /// Split-K attention: keys per split. A call of at most `attn_split_tokens` tokens whose longest
     /// context has K keys splits each (token, head) into ceil(K / attn_split_keys) workgroups (at most
@@ -218,7 +234,11 @@ impl Shapes {
     pub fn for_device(caps: &DeviceCaps) -> Self {
         // GPUs: the tiled matmul once a call has more tokens than one block of the matvec serves.
         let tiled_from = (!caps.cpu_device).then_some(9);
-        let lane_rows = if caps.cpu_device { 4 } else { 2 };
+        // Rows per lane: 2 on GPUs; on a CPU device, where a lane's x loads are what a matvec costs
+        // (lavapipe), as many as the workgroup's rows allow: 32 rows of one subgroup of lanes
+        // (docs/PERFORMANCE.md: decode 1.7x, 4-sequence decode 2.4x, 16-token prefill 2.8x faster
+        // than the 4 of before), 4 with the workgroup-memory reduction (4 rows of 32 lanes).
+        let (lane_rows, cpu_rows) = (32u32, 32u32);
         // A GPU has tens of compute units for the handful of (token, head) workgroups of a decode step:
         // split from 512 keys. A CPU device has a few threads, which the heads already fill: split only
         // very long contexts (it costs a reduce dispatch and the partials' traffic).
@@ -227,12 +247,17 @@ impl Shapes {
             Some(sg) if sg <= 64 => Shapes {
                 reduce: Reduce::Subgroup,
                 tpr: sg,
-                // Several rows per workgroup; at least 64 invocations.
-                matvec_wg: (sg * 8).clamp(64, 256),
+                // GPUs: several rows per workgroup; at least 64 invocations. CPU devices: one lane
+                // per invocation, each on `cpu_rows` rows.
+                matvec_wg: if caps.cpu_device {
+                    sg * cpu_rows
+                } else {
+                    (sg * 8).clamp(64, 256)
+                },
                 attn_wg: 64,
                 block_tokens: 8,
                 tiled_from,
-                lane_rows,
+                lane_rows: if caps.cpu_device { lane_rows } else { 2 },
                 attn_split_keys,
                 attn_max_splits: 16,
                 attn_split_tokens: 8,
@@ -245,7 +270,7 @@ impl Shapes {
                 attn_wg: 64,
                 block_tokens: 8,
                 tiled_from,
-                lane_rows,
+                lane_rows: if caps.cpu_device { 4 } else { 2 },
                 attn_split_keys,
                 attn_max_splits: 16,
                 attn_split_tokens: 8,
@@ -265,7 +290,7 @@ impl Shapes {
     /// error names the field and what it must be.
     /// - reduce `subgroup` needs a fixed subgroup size, and then tpr equal to it; `shared` needs tpr a
     ///   power of two (reduce_shared.wgsl's tree) and at most 256 invocations per workgroup;
-    /// - matvec_wg a multiple of tpr; lane_rows 1, 2 or 4, and max(lane_rows, 2) dividing the rows per
+    /// - matvec_wg a multiple of tpr; lane_rows 1, 2, 4, 8, 16 or 32, and max(lane_rows, 2) dividing the rows per
     ///   workgroup (matvec_wg / tpr; the GLU pairs); matvec_wg / lane_rows invocations within the
     ///   device's limit;
     /// - block_tokens 1..=8; tiled_from at least 2 when given;
@@ -303,9 +328,9 @@ impl Shapes {
             ));
         }
         let rows = self.rows_per_wg();
-        if ![1, 2, 4].contains(&self.lane_rows) || !rows.is_multiple_of(self.lane_rows.max(2)) {
+        if !LANE_ROWS.contains(&self.lane_rows) || !rows.is_multiple_of(self.lane_rows.max(2)) {
             return Err(format!(
-                "lane_rows is {}: it must be 1, 2 or 4, and max(lane_rows, 2) must divide the {rows} \
+                "lane_rows is {}: it must be 1, 2, 4, 8, 16 or 32, and max(lane_rows, 2) must divide the {rows} \
                  rows of a matvec workgroup (matvec_wg / tpr)",
                 self.lane_rows
             ));
@@ -570,11 +595,11 @@ impl Kernels {
                 shapes.block_tokens
             )));
         }
-        if ![1, 2, 4].contains(&shapes.lane_rows)
+        if !LANE_ROWS.contains(&shapes.lane_rows)
             || !rows_per_wg.is_multiple_of(shapes.lane_rows.max(2))
         {
             return Err(Error::Gpu(format!(
-                "lane_rows {} must be 1, 2 or 4 and, as 2 for the gate/up pairs, divide the \
+                "lane_rows {} must be 1, 2, 4, 8, 16 or 32 and, as 2 for the gate/up pairs, divide the \
                  {rows_per_wg} rows of a matvec workgroup",
                 shapes.lane_rows
             )));
@@ -583,11 +608,15 @@ impl Kernels {
         let reduce = Some(shapes.reduce);
         let modules = Modules {
             embed: module(gpu, "embed", &compose_dequant(EMBED, None)),
-            matvec: module(gpu, "matvec", &compose(&matvec_source(), reduce)),
+            matvec: module(
+                gpu,
+                "matvec",
+                &compose(&matvec_source(rpi_bound(&shapes)), reduce),
+            ),
             matvec_quant: module(
                 gpu,
                 "matvec_quant",
-                &compose_dequant(&matvec_quant_source(), reduce),
+                &compose_dequant(&matvec_quant_source(rpi_bound(&shapes)), reduce),
             ),
             matmul: module(gpu, "matmul", &compose_dequant(MATMUL, None)),
             rope: module(gpu, "rope", &compose(ROPE, None)),

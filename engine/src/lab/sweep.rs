@@ -10,7 +10,7 @@
 //! | --- | --- | --- |
 //! | reduce, tpr | subgroup (tpr = the fixed subgroup size), shared with tpr 8..64 (rows per workgroup kept) | fused decode linears but the LM head, rmsnorm |
 //! | rows per matvec workgroup (matvec_wg / tpr) | 2, 4, 8, 16, 32 | fused decode linears but the LM head |
-//! | lane_rows | 1, 2, 4 | fused decode linears but the LM head |
+//! | lane_rows | 1, 2, 4, 8, 16, 32 (those that divide the rows per workgroup) | fused decode linears but the LM head |
 //! | block_tokens | 2, 4, 8 | batched decode, prefill matvec over blocks |
 //! | tiled_from | none (prefill on the matvec over blocks), from block_tokens + 1 (tiled matmul) | prefill, through the kernel each candidate picks |
 //! | attn_wg | 64, 128, 256 (at least head_dim) | decode attention, whole |
@@ -245,7 +245,7 @@ impl Param {
                 .iter()
                 .map(|&r| with(&|s| s.matvec_wg = s.tpr * r))
                 .collect(),
-            Param::LaneRows => [1, 2, 4]
+            Param::LaneRows => crate::kernels::LANE_ROWS
                 .iter()
                 .map(|&l| with(&|s| s.lane_rows = l))
                 .collect(),
