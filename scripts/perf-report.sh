@@ -81,7 +81,7 @@ R_FILE="$TMP/report.md"
 
 ```sh
 scripts/perf-report.sh                        # this report (-p 128 -n 32 -r 3; --help for flags)
-glint bench -m MODEL [-p 512] [-n 128] [-r 5] [--parallel 1,4] [-o md|json] [-c CTX] [-b BATCH] [--backend B] [--adapter I]
+glint bench -m MODEL [-p 512] [-n 128] [-r 5] [--parallel 1,4] [--profile] [-o md|json] [-c CTX] [-b BATCH] [--backend B] [--adapter I]
 glint lab [--quick] [--filter TEXT] [-m MODEL] [--backend B] [-o md|json] [--json-file F] [--plot F.svg|F.png]
 glint lab --compare A.json B.json [...] [--plot F.svg]   # one table across saved reports, ratios to A
 cargo bench --bench kernels [-- --quick]      # the same kernel lab, from a checkout
