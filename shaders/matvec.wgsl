@@ -33,7 +33,7 @@ override WFMT2: u32 = WFMT_F32;
 override WG: u32 = 64u;
 override TPR: u32 = 8u;
 override TOK: u32 = 1u;   // tokens per workgroup, at most 8
-override RPI: u32 = 1u;   // rows per invocation: 1, 2, 4 or 8, dividing WG / TPR
+override RPI: u32 = 1u;   // rows per invocation: 1 to 32 (kernels::LANE_ROWS), at most MAX_RPI, dividing WG / TPR
 override NORM: bool = false;
 override GATHER: bool = false;
 override GLU: bool = false;
@@ -47,7 +47,8 @@ override GLU: bool = false;
 @group(0) @binding(6) var<storage, read> g: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read> rows: array<u32>;
 
-// The sums of the invocation's RPI rows x TOK tokens, row-major (at most 8 x 8).
+// The sums of the invocation's RPI rows x TOK tokens, row-major (MAX_RPI x 8: MAX_RPI, the shapes' bound on RPI, is
+// composed before this file by engine/src/kernels.rs).
 var<private> acc: array<f32, MAX_RPI * 8u>;
 // Per token: the sum of x^2 (NORM) and x's first vec4 of the token's row.
 var<private> ss: array<f32, 8>;

@@ -216,7 +216,7 @@ fn shapes_the_device_cannot_run_are_refused() {
     let e = load_err(&written("tune-bad-lanes", &file(FP, s)), &caps(FP));
     assert!(
         e.contains(
-            "lane_rows is 4: it must be 1, 2 or 4, and max(lane_rows, 2) must divide the 2 rows"
+            "lane_rows is 4: it must be 1, 2, 4, 8, 16 or 32, and max(lane_rows, 2) must divide the 2 rows"
         ),
         "{e}"
     );
