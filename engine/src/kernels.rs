@@ -39,7 +39,14 @@ pub const REDUCE_SHARED: &str = include_str!("../../shaders/reduce_shared.wgsl")
 
 /// The matvecs' rows per invocation the shaders take ([`Shapes::lane_rows`]).
 pub const LANE_ROWS: [u32; 6] = [1, 2, 4, 8, 16, 32];
-const MAX_LANE_ROWS: u32 = 32;
+const MAX_LANE_ROWS: u32 = LANE_ROWS[LANE_ROWS.len() - 1];
+
+/// LANE_ROWS as the error messages say it: "1, 2, 4, 8, 16 or 32".
+fn lane_rows_list() -> String {
+    let (last, rest) = LANE_ROWS.split_last().expect("not empty");
+    let rest: Vec<String> = rest.iter().map(u32::to_string).collect();
+    format!("{} or {last}", rest.join(", "))
+}
 
 /// Which row reduction a module is composed with.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -238,7 +245,7 @@ impl Shapes {
         // (lavapipe), as many as the workgroup's rows allow: 32 rows of one subgroup of lanes
         // (docs/PERFORMANCE.md: decode 1.7x, 4-sequence decode 2.4x, 16-token prefill 2.8x faster
         // than the 4 of before), 4 with the workgroup-memory reduction (4 rows of 32 lanes).
-        let (lane_rows, cpu_rows) = (32u32, 32u32);
+        let cpu_rows = MAX_LANE_ROWS;
         // A GPU has tens of compute units for the handful of (token, head) workgroups of a decode step:
         // split from 512 keys. A CPU device has a few threads, which the heads already fill: split only
         // very long contexts (it costs a reduce dispatch and the partials' traffic).
@@ -257,7 +264,7 @@ impl Shapes {
                 attn_wg: 64,
                 block_tokens: 8,
                 tiled_from,
-                lane_rows: if caps.cpu_device { lane_rows } else { 2 },
+                lane_rows: if caps.cpu_device { cpu_rows } else { 2 },
                 attn_split_keys,
                 attn_max_splits: 16,
                 attn_split_tokens: 8,
@@ -290,8 +297,8 @@ impl Shapes {
     /// error names the field and what it must be.
     /// - reduce `subgroup` needs a fixed subgroup size, and then tpr equal to it; `shared` needs tpr a
     ///   power of two (reduce_shared.wgsl's tree) and at most 256 invocations per workgroup;
-    /// - matvec_wg a multiple of tpr; lane_rows 1, 2, 4, 8, 16 or 32, and max(lane_rows, 2) dividing the rows per
-    ///   workgroup (matvec_wg / tpr; the GLU pairs); matvec_wg / lane_rows invocations within the
+    /// - matvec_wg a multiple of tpr; lane_rows one of [`LANE_ROWS`], and max(lane_rows, 2) dividing
+    ///   the rows per workgroup (matvec_wg / tpr; the GLU pairs); matvec_wg / lane_rows invocations within the
     ///   device's limit;
     /// - block_tokens 1..=8; tiled_from at least 2 when given;
     /// - attn_wg a power of two, 4..=256 and within the device's limit (attention.wgsl; the engine
@@ -330,9 +337,10 @@ impl Shapes {
         let rows = self.rows_per_wg();
         if !LANE_ROWS.contains(&self.lane_rows) || !rows.is_multiple_of(self.lane_rows.max(2)) {
             return Err(format!(
-                "lane_rows is {}: it must be 1, 2, 4, 8, 16 or 32, and max(lane_rows, 2) must divide the {rows} \
-                 rows of a matvec workgroup (matvec_wg / tpr)",
-                self.lane_rows
+                "lane_rows is {}: it must be {}, and max(lane_rows, 2) must divide the {rows} rows of a \
+                 matvec workgroup (matvec_wg / tpr)",
+                self.lane_rows,
+                lane_rows_list()
             ));
         }
         let inv = self.matvec_wg / self.lane_rows;
@@ -599,9 +607,10 @@ impl Kernels {
             || !rows_per_wg.is_multiple_of(shapes.lane_rows.max(2))
         {
             return Err(Error::Gpu(format!(
-                "lane_rows {} must be 1, 2, 4, 8, 16 or 32 and, as 2 for the gate/up pairs, divide the \
-                 {rows_per_wg} rows of a matvec workgroup",
-                shapes.lane_rows
+                "lane_rows {} must be {} and, as 2 for the gate/up pairs, divide the {rows_per_wg} \
+                 rows of a matvec workgroup",
+                shapes.lane_rows,
+                lane_rows_list()
             )));
         }
         let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
