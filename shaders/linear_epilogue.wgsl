@@ -4,12 +4,15 @@
 // (NORM: from the sums of squares in `ss`), then stored, lane 0 writing: each row with the bias
 // (LINEAR_BIAS) and onto y's previous value (LINEAR_ACCUMULATE), or (GLU) silu(gate) * up of each
 // (gate, up) row pair at column (row_offset + r) / 2.
-// Uses the including kernel's bindings (p, bias, y), private arrays (acc, ss), overrides (TOK, RPI,
-// NORM, GLU) and `row_sum`; called at the end of its entry point, in uniform control flow (row_sum may
+// Uses the including kernel's bindings (p, bias, y), private arrays (acc, ss), constants (TOK,
+// MAX_RPI), overrides (RPI, NORM, GLU) and `row_sum`; called at the end of its entry point, in uniform control flow (row_sum may
 // hold barriers).
 
 fn linear_epilogue(r0: u32, t0: u32, n_tok: u32, lid: u32, lane: u32) {
-    var inv = array<f32, 8>(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0);
+    var inv: array<f32, TOK>;
+    for (var t = 0u; t < TOK; t = t + 1u) {
+        inv[t] = 1.0;
+    }
     if NORM {
         // Each lane summed the squares of its share of x's elements, so the sum over the TPR lanes
         // is the row's sum of squares.
@@ -17,7 +20,7 @@ fn linear_epilogue(r0: u32, t0: u32, n_tok: u32, lid: u32, lane: u32) {
             inv[t] = inverseSqrt(row_sum(ss[t], lid) / f32(p.cols) + p.eps);
         }
     }
-    for (var rr = 0u; rr < RPI; rr = rr + 1u) {
+    for (var rr = 0u; rr < min(RPI, p.rows); rr = rr + 1u) {
         let r = r0 + rr;
         for (var t = 0u; t < TOK; t = t + 1u) {
             let s = row_sum(acc[rr * TOK + t], lid) * inv[t];

@@ -32,7 +32,6 @@ override WFMT: u32 = WFMT_F32;
 override WFMT2: u32 = WFMT_F32;
 override WG: u32 = 64u;
 override TPR: u32 = 8u;
-override TOK: u32 = 1u;   // tokens per workgroup, at most 8
 override RPI: u32 = 1u;   // rows per invocation: 1 to 32 (kernels::LANE_ROWS), at most MAX_RPI, dividing WG / TPR
 override NORM: bool = false;
 override GATHER: bool = false;
@@ -47,15 +46,17 @@ override GLU: bool = false;
 @group(0) @binding(6) var<storage, read> g: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read> rows: array<u32>;
 
-// The sums of the invocation's RPI rows x TOK tokens, row-major (MAX_RPI x 8: MAX_RPI, the shapes' bound on RPI, is
-// composed before this file by engine/src/kernels.rs).
-var<private> acc: array<f32, MAX_RPI * 8u>;
+// The sums of the invocation's RPI rows x TOK tokens, row-major. TOK (tokens per workgroup, 1 to 8) and
+// MAX_RPI (the shapes' bound on RPI) are constants composed before this file by engine/src/kernels.rs,
+// one module per TOK: every private array is sized by them, as small as the variant needs (lavapipe's
+// compile time grows with the private arrays' size: a TOK = 1 pipeline no longer carries 8 tokens' sums).
+var<private> acc: array<f32, MAX_RPI * TOK>;
 // Per token: the sum of x^2 (NORM) and x's first vec4 of the token's row.
-var<private> ss: array<f32, 8>;
-var<private> xbase: array<u32, 8>;
+var<private> ss: array<f32, TOK>;
+var<private> xbase: array<u32, TOK>;
 // x of the TOK tokens at the current group's 8 elements.
-var<private> xa: array<vec4<f32>, 8>;
-var<private> xb: array<vec4<f32>, 8>;
+var<private> xa: array<vec4<f32>, TOK>;
+var<private> xb: array<vec4<f32>, TOK>;
 
 struct W8 {
     a: vec4<f32>,   // elements 0..4 of the group
@@ -104,13 +105,14 @@ fn x_load(t: u32, i: u32) -> vec4<f32> {
 // The dot products of rows r0 .. r0 + RPI (format f, the segment starting at vec4 `seg_base` with row
 // `seg_row0`) with the tokens' x, into acc.
 fn accumulate(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
+    let n_rr = min(RPI, p.rows - r0);
     for (var g8 = lane; g8 < p.cols / 8u; g8 = g8 + TPR) {
         for (var t = 0u; t < TOK; t = t + 1u) {
             xa[t] = x_load(t, 2u * g8);
             xb[t] = x_load(t, 2u * g8 + 1u);
         }
-        for (var rr = 0u; rr < RPI; rr = rr + 1u) {
-            let r = min(r0 + rr, p.rows - 1u);
+        for (var rr = 0u; rr < n_rr; rr = rr + 1u) {
+            let r = r0 + rr;
             let wv = load8(f, seg_base + (r - seg_row0) * row_vec4s(f), g8);
             for (var t = 0u; t < TOK; t = t + 1u) {
                 acc[rr * TOK + t] = acc[rr * TOK + t] + dot(wv.a, xa[t]) + dot(wv.b, xb[t]);

@@ -21,13 +21,13 @@
 @group(0) @binding(9) var<storage, read> xd: array<vec4<f32>>;
 
 // Integer sums of the current half-unit's lo and hi elements, per (row, token) as acc.
-var<private> ilo: array<i32, MAX_RPI * 8u>;
-var<private> ihi: array<i32, MAX_RPI * 8u>;
+var<private> ilo: array<i32, MAX_RPI * TOK>;
+var<private> ihi: array<i32, MAX_RPI * TOK>;
 // x of the TOK tokens: the current word's lo and hi bytes, and the unit's lo and hi blocks' xd.
-var<private> ql: array<u32, 8>;
-var<private> qh: array<u32, 8>;
-var<private> dl: array<vec4<f32>, 8>;
-var<private> dh: array<vec4<f32>, 8>;
+var<private> ql: array<u32, TOK>;
+var<private> qh: array<u32, TOK>;
+var<private> dl: array<vec4<f32>, TOK>;
+var<private> dh: array<vec4<f32>, TOK>;
 
 // Unsigned levels of `bits` bits, one per byte, minus 2^(bits - 1), as signed bytes: each byte
 // plus 128 - 2^(bits - 1) stays in 0..255 (no carry into the next), and flipping its top bit subtracts 128.
@@ -83,10 +83,11 @@ fn accumulate_q8(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
     let row_words = (p.cols / dq_block_size(f)) * dq_block_words(f);
     let halves = q8_halves(f);
     let hk = nk(f) / halves;
+    let n_rr = min(RPI, p.rows - r0);
     for (var u = lane; u < p.cols / unit_elems(f); u = u + TPR) {
         let q = u % 4u;
-        for (var rr = 0u; rr < RPI; rr = rr + 1u) {
-            let r = min(r0 + rr, p.rows - 1u);
+        for (var rr = 0u; rr < n_rr; rr = rr + 1u) {
+            let r = r0 + rr;
             ubw[rr] = unit_word(f, seg_base + (r - seg_row0) * row_words, u);
             uaff[rr] = unit_affine(f, ubw[rr], q);
         }
@@ -112,7 +113,7 @@ fn accumulate_q8(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
                     ql[t] = xq[xbase[t] + xi + k];
                     qh[t] = xq[xbase[t] + xi + k + ho(f)];
                 }
-                for (var rr = 0u; rr < RPI; rr = rr + 1u) {
+                for (var rr = 0u; rr < n_rr; rr = rr + 1u) {
                     let lv = unit_levels(f, ubw[rr], q, k);
                     for (var t = 0u; t < TOK; t = t + 1u) {
                         let i = rr * TOK + t;
@@ -121,7 +122,7 @@ fn accumulate_q8(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
                     }
                 }
             }
-            for (var rr = 0u; rr < RPI; rr = rr + 1u) {
+            for (var rr = 0u; rr < n_rr; rr = rr + 1u) {
                 let s = q8_scales(f, uaff[rr], h);
                 for (var t = 0u; t < TOK; t = t + 1u) {
                     let i = rr * TOK + t;
@@ -129,7 +130,7 @@ fn accumulate_q8(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
                 }
             }
         }
-        for (var rr = 0u; rr < RPI; rr = rr + 1u) {
+        for (var rr = 0u; rr < n_rr; rr = rr + 1u) {
             for (var t = 0u; t < TOK; t = t + 1u) {
                 acc[rr * TOK + t] = acc[rr * TOK + t] + q8_offsets(f, uaff[rr], dl[t], dh[t]);
             }

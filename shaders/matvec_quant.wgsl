@@ -47,7 +47,6 @@ override WFMT: u32 = WFMT_Q8_0;
 override WFMT2: u32 = WFMT_Q8_0;
 override WG: u32 = 64u;
 override TPR: u32 = 8u;
-override TOK: u32 = 1u;   // tokens per workgroup, at most 8
 override RPI: u32 = 1u;   // rows per invocation: 1 to 32 (kernels::LANE_ROWS), at most MAX_RPI, dividing WG / TPR
 override NORM: bool = false;
 override GATHER: bool = false;
@@ -62,18 +61,20 @@ override GLU: bool = false;
 @group(0) @binding(6) var<storage, read> g: array<vec4<f32>>;
 @group(0) @binding(7) var<storage, read> rows: array<u32>;
 
-// The sums of the invocation's RPI rows x TOK tokens, row-major (MAX_RPI x 8: MAX_RPI, the shapes' bound on RPI, is
-// composed before this file by engine/src/kernels.rs).
-var<private> acc: array<f32, MAX_RPI * 8u>;
+// The sums of the invocation's RPI rows x TOK tokens, row-major. TOK (tokens per workgroup, 1 to 8) and
+// MAX_RPI (the shapes' bound on RPI) are constants composed before this file by engine/src/kernels.rs,
+// one module per TOK: every private array is sized by them, as small as the variant needs (lavapipe's
+// compile time grows with the private arrays' size: a TOK = 1 pipeline no longer carries 8 tokens' sums).
+var<private> acc: array<f32, MAX_RPI * TOK>;
 // Per token: the sum of x^2 (NORM) and x's first vec4 of the token's row.
-var<private> ss: array<f32, 8>;
-var<private> xbase: array<u32, 8>;
+var<private> ss: array<f32, TOK>;
+var<private> xbase: array<u32, TOK>;
 // Per row: its unit's first word and the unit's affine map (unit_affine).
 var<private> ubw: array<u32, MAX_RPI>;
 var<private> uaff: array<vec4<f32>, MAX_RPI>;
 // x of the TOK tokens at the current word's low and high elements.
-var<private> xl: array<vec4<f32>, 8>;
-var<private> xh: array<vec4<f32>, 8>;
+var<private> xl: array<vec4<f32>, TOK>;
+var<private> xh: array<vec4<f32>, TOK>;
 
 // The weights of 8 elements decoded from one quant word.
 struct W8 {
@@ -195,10 +196,11 @@ fn x_load(t: u32, i: u32) -> vec4<f32> {
 // first row being `seg_row0`) with the tokens' x, into acc.
 fn accumulate(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
     let row_words = (p.cols / dq_block_size(f)) * dq_block_words(f);
+    let n_rr = min(RPI, p.rows - r0);
     for (var u = lane; u < p.cols / unit_elems(f); u = u + TPR) {
         let q = u % 4u;
-        for (var rr = 0u; rr < RPI; rr = rr + 1u) {
-            let r = min(r0 + rr, p.rows - 1u);
+        for (var rr = 0u; rr < n_rr; rr = rr + 1u) {
+            let r = r0 + rr;
             ubw[rr] = unit_word(f, seg_base + (r - seg_row0) * row_words, u);
             uaff[rr] = unit_affine(f, ubw[rr], q);
         }
@@ -208,7 +210,7 @@ fn accumulate(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
                 xl[t] = x_load(t, xi + k);
                 xh[t] = x_load(t, xi + k + ho(f));
             }
-            for (var rr = 0u; rr < RPI; rr = rr + 1u) {
+            for (var rr = 0u; rr < n_rr; rr = rr + 1u) {
                 let wv = unit_weights(f, ubw[rr], q, k, uaff[rr]);
                 for (var t = 0u; t < TOK; t = t + 1u) {
                     acc[rr * TOK + t] = acc[rr * TOK + t] + dot(wv.lo, xl[t]) + dot(wv.hi, xh[t]);
@@ -229,8 +231,8 @@ struct Place {
 }
 
 // The start of both entry points (matvec_quant, matvec_q8): the invocation's place, acc and ss zeroed,
-// xbase[t] the token row of token t. Rows past the end compute on the last row, tokens past the end
-// on the last token (their sums are never stored).
+// xbase[t] the token row of token t. Tokens past the end compute on the last token (their sums are
+// never stored); rows past the end are skipped (accumulate stops at the last row, their sums stay 0).
 fn matvec_begin(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Place {
     let wg_row0 = (wid.x + wid.y * nwg.x) * (WG / TPR);
     let t0 = wid.z * TOK;

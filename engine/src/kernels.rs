@@ -81,22 +81,38 @@ pub fn compose(kernel: &str, reduce: Option<Reduce>) -> String {
 }
 
 /// The bound on the matvecs' rows per invocation (RPI) that sizes their private arrays (the sums of
-/// RPI rows x 8 tokens, and per row its unit's word and scales): the shapes' lane_rows, at least 2
+/// RPI rows x TOK tokens, and per row its unit's word and scales): the shapes' lane_rows, at least 2
 /// (the GLU pairs). A module built for it runs any RPI up to it; sizing by the shapes keeps a GPU's
 /// two rows per lane from declaring the 32 x 8 sums a CPU device's shapes need.
 fn rpi_bound(shapes: &Shapes) -> u32 {
     shapes.lane_rows.max(2)
 }
 
-/// matvec.wgsl with its epilogue (linear_epilogue.wgsl), for RPI up to `max_rpi`.
-pub fn matvec_source(max_rpi: u32) -> String {
-    format!("const MAX_RPI: u32 = {max_rpi}u;\n{MATVEC}\n{LINEAR_EPILOGUE}")
+/// The two matvec modules, each composed once per tokens-per-workgroup value ([`matvec_module_source`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MatvecModule {
+    /// matvec.wgsl: float weights.
+    Float,
+    /// matvec_quant.wgsl and its int8 variant (matvec_q8.wgsl, entry point `matvec_q8`).
+    Quant,
 }
 
-/// matvec_quant.wgsl and its int8 variant (matvec_q8.wgsl, entry point `matvec_q8`), with their
-/// epilogue, for RPI up to `max_rpi`.
-pub fn matvec_quant_source(max_rpi: u32) -> String {
-    format!("const MAX_RPI: u32 = {max_rpi}u;\n{MATVEC_QUANT}\n{MATVEC_Q8}\n{LINEAR_EPILOGUE}")
+/// A matvec module's source for `tok` tokens per workgroup and RPI up to `max_rpi`, with its epilogue
+/// (linear_epilogue.wgsl) and the row reduction `reduce`. TOK and MAX_RPI are constants rather than overrides because they size the
+/// private arrays: a decode (TOK = 1) pipeline holds 1 token's sums, not 8 (on lavapipe a pipeline's
+/// compile time grows with them: 3x for 32 rows per lane).
+pub fn matvec_module_source(kind: MatvecModule, max_rpi: u32, tok: u32, reduce: Reduce) -> String {
+    let consts = format!("const MAX_RPI: u32 = {max_rpi}u;\nconst TOK: u32 = {tok}u;\n");
+    match kind {
+        MatvecModule::Float => compose(
+            &format!("{consts}{MATVEC}\n{LINEAR_EPILOGUE}"),
+            Some(reduce),
+        ),
+        MatvecModule::Quant => compose_dequant(
+            &format!("{consts}{MATVEC_QUANT}\n{MATVEC_Q8}\n{LINEAR_EPILOGUE}"),
+            Some(reduce),
+        ),
+    }
 }
 
 /// A module that reads quantized weights: the kernel file, the block decoders (`dequant.wgsl`), then the
@@ -130,25 +146,27 @@ pub fn all_modules() -> Vec<(String, String)> {
             crate::logprobs::LOGPROBS.to_string(),
         ),
     ];
-    // At the largest bound the shapes allow.
-    let matvec = matvec_source(MAX_LANE_ROWS);
-    for (name, src) in [("matvec", matvec.as_str()), ("rmsnorm", RMSNORM)] {
-        v.push((
-            format!("{name}+subgroup"),
-            compose(src, Some(Reduce::Subgroup)),
-        ));
-        v.push((format!("{name}+shared"), compose(src, Some(Reduce::Shared))));
-    }
-    for r in [Reduce::Subgroup, Reduce::Shared] {
-        let name = if r == Reduce::Subgroup {
-            "matvec_quant+subgroup"
-        } else {
-            "matvec_quant+shared"
-        };
-        v.push((
-            name.to_string(),
-            compose_dequant(&matvec_quant_source(MAX_LANE_ROWS), Some(r)),
-        ));
+    v.push((
+        "rmsnorm+subgroup".to_string(),
+        compose(RMSNORM, Some(Reduce::Subgroup)),
+    ));
+    v.push((
+        "rmsnorm+shared".to_string(),
+        compose(RMSNORM, Some(Reduce::Shared)),
+    ));
+    // The matvecs at the largest bound the shapes allow, for decode (1 token) and blocks (8).
+    for (kind, name) in [
+        (MatvecModule::Float, "matvec"),
+        (MatvecModule::Quant, "matvec_quant"),
+    ] {
+        for (r, rname) in [(Reduce::Subgroup, "subgroup"), (Reduce::Shared, "shared")] {
+            for tok in [1, 8] {
+                v.push((
+                    format!("{name}+{rname}+tok{tok}"),
+                    matvec_module_source(kind, MAX_LANE_ROWS, tok, r),
+                ));
+            }
+        }
     }
     v
 }
@@ -527,8 +545,9 @@ pub enum PipelineKey {
 
 struct Modules {
     embed: wgpu::ShaderModule,
-    matvec: wgpu::ShaderModule,
-    matvec_quant: wgpu::ShaderModule,
+    /// The matvec modules, one per kind and tokens per workgroup, composed when a pipeline first
+    /// needs them.
+    matvecs: Mutex<HashMap<(MatvecModule, u32), wgpu::ShaderModule>>,
     matmul: wgpu::ShaderModule,
     rope: wgpu::ShaderModule,
     attention: wgpu::ShaderModule,
@@ -551,14 +570,12 @@ pub struct Kernels {
     pub argmax: wgpu::ComputePipeline,
 }
 
-fn module(gpu: &Gpu, label: &str, src: &str) -> wgpu::ShaderModule {
+fn module(device: &wgpu::Device, label: &str, src: &str) -> wgpu::ShaderModule {
     let t = std::time::Instant::now();
-    let m = gpu
-        .device
-        .create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(label),
-            source: wgpu::ShaderSource::Wgsl(src.into()),
-        });
+    let m = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(label),
+        source: wgpu::ShaderSource::Wgsl(src.into()),
+    });
     log::debug!(
         "shader module {label} ({} bytes of WGSL): {:.1} ms",
         src.len(),
@@ -613,33 +630,24 @@ impl Kernels {
                 lane_rows_list()
             )));
         }
-        let scope = gpu.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let d = &gpu.device;
+        let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
         let reduce = Some(shapes.reduce);
         let modules = Modules {
-            embed: module(gpu, "embed", &compose_dequant(EMBED, None)),
-            matvec: module(
-                gpu,
-                "matvec",
-                &compose(&matvec_source(rpi_bound(&shapes)), reduce),
-            ),
-            matvec_quant: module(
-                gpu,
-                "matvec_quant",
-                &compose_dequant(&matvec_quant_source(rpi_bound(&shapes)), reduce),
-            ),
-            matmul: module(gpu, "matmul", &compose_dequant(MATMUL, None)),
-            rope: module(gpu, "rope", &compose(ROPE, None)),
-            attention: module(gpu, "attention", &compose(ATTENTION, None)),
-            quantize: module(gpu, "quantize", &compose(QUANTIZE, None)),
+            embed: module(d, "embed", &compose_dequant(EMBED, None)),
+            matvecs: Mutex::new(HashMap::new()),
+            matmul: module(d, "matmul", &compose_dequant(MATMUL, None)),
+            rope: module(d, "rope", &compose(ROPE, None)),
+            attention: module(d, "attention", &compose(ATTENTION, None)),
+            quantize: module(d, "quantize", &compose(QUANTIZE, None)),
         };
-        let norm_m = module(gpu, "rmsnorm", &compose(RMSNORM, reduce));
-        let ew_m = module(gpu, "elementwise", &compose(ELEMENTWISE, None));
-        let argmax_m = module(gpu, "argmax", &compose(ARGMAX, None));
+        let norm_m = module(d, "rmsnorm", &compose(RMSNORM, reduce));
+        let ew_m = module(d, "elementwise", &compose(ELEMENTWISE, None));
+        let argmax_m = module(d, "argmax", &compose(ARGMAX, None));
         let norm_tpr = match shapes.reduce {
             Reduce::Subgroup => shapes.tpr as f64,
             Reduce::Shared => 64.0,
         };
-        let d = &gpu.device;
         let pc = gpu.pipelines();
         let k = Kernels {
             gpu_device: gpu.device.clone(),
@@ -754,6 +762,21 @@ impl Kernels {
         Ok(p)
     }
 
+    /// The matvec module of `kind` for `tok` tokens per workgroup, composed on first use (the lock is
+    /// held while naga parses it, so that two threads never compose the same module).
+    fn matvec_module(&self, kind: MatvecModule, tok: u32) -> wgpu::ShaderModule {
+        let mut modules = self.modules.matvecs.lock().expect("matvec modules");
+        modules
+            .entry((kind, tok))
+            .or_insert_with(|| {
+                let label = format!("{kind:?} matvec, TOK {tok}");
+                let src =
+                    matvec_module_source(kind, rpi_bound(&self.shapes), tok, self.shapes.reduce);
+                module(&self.gpu_device, &label, &src)
+            })
+            .clone()
+    }
+
     fn build(&self, key: PipelineKey) -> wgpu::ComputePipeline {
         let d = &self.gpu_device;
         let pc = self.pipeline_cache.as_ref();
@@ -822,16 +845,17 @@ impl Kernels {
                 c.extend([
                     ("WG", sh.matvec_wg as f64),
                     ("TPR", sh.tpr as f64),
-                    ("TOK", tok as f64),
                     ("RPI", rpi as f64),
                 ]);
-                if FLOATS.contains(&s.format) {
-                    pipeline(d, pc, &m.matvec, "matvec", &c)
+                let (kind, entry) = if FLOATS.contains(&s.format) {
+                    (MatvecModule::Float, "matvec")
                 } else if s.x8 {
-                    pipeline(d, pc, &m.matvec_quant, "matvec_q8", &c)
+                    (MatvecModule::Quant, "matvec_q8")
                 } else {
-                    pipeline(d, pc, &m.matvec_quant, "matvec_quant", &c)
-                }
+                    (MatvecModule::Quant, "matvec_quant")
+                };
+                let module = self.matvec_module(kind, tok);
+                pipeline(d, pc, &module, entry, &c)
             }
         }
     }
