@@ -98,9 +98,9 @@ pub enum MatvecModule {
 }
 
 /// A matvec module's source for `tok` tokens per workgroup and RPI up to `max_rpi`, with its epilogue
-/// (linear_epilogue.wgsl) and the row reduction `reduce`. TOK and MAX_RPI are constants rather than overrides because they size the
-/// private arrays: a decode (TOK = 1) pipeline holds 1 token's sums, not 8 (on lavapipe a pipeline's
-/// compile time grows with them: 3x for 32 rows per lane).
+/// (linear_epilogue.wgsl) and the row reduction `reduce`. TOK and MAX_RPI are constants rather than
+/// overrides because they size the private arrays: a decode (TOK = 1) pipeline holds 1 token's sums,
+/// not 8 (on lavapipe a pipeline's compile time grows with them: 3x for 32 rows per lane).
 pub fn matvec_module_source(kind: MatvecModule, max_rpi: u32, tok: u32, reduce: Reduce) -> String {
     let consts = format!("const MAX_RPI: u32 = {max_rpi}u;\nconst TOK: u32 = {tok}u;\n");
     match kind {
