@@ -14,7 +14,9 @@ cargo test --release --workspace
 # GPU), so GL is run, not only translated by naga (tests/common asserts the adapter's backend).
 WGPU_BACKEND=gl cargo test --release --test tiny_models
 # The kernel lab, quick: each case once, validated (a failed case exits non-zero).
-cargo build --release -p glint-cli
+# The binary the tests drive (tests/common/cli.rs builds it the same way): named with a test target so
+# that Cargo resolves features as for the tests and links the engine already built (a no-op here).
+cargo build --release -p glint-cli --bin glint -p glint-suite --test cli_run
 target/release/glint lab --quick --backend vulkan
 target/release/glint lab --quick --backend gl
 # The cargo-bench caller of the same lab still builds.

@@ -8,8 +8,9 @@
 //!   size, version, magic, truncation).
 //! - The CLI end to end on the tiny model with a byte-level tokenizer.
 //! - The real models: PPL within 0.5% of ../shared/fixtures/perplexity_dev.json (transformers float32,
-//!   llama.cpp's method) for `-c 512 --chunks 4` on the GPL-3 text, Qwen2.5-Coder-0.5B Q4_K_M and
-//!   SmolLM2-135M Q4_1 (on lavapipe, 2 shared cores under load: about 29 and 7 minutes).
+//!   llama.cpp's method) on the GPL-3 text, Qwen2.5-Coder-0.5B Q4_K_M and SmolLM2-135M Q4_1: the first
+//!   512-token chunk of each in the test run, all of `-c 512 --chunks 4` with `-- --ignored` (on
+//!   lavapipe, 2 shared cores under load: about 29 and 9 minutes).
 
 #[path = "common/cli.rs"]
 mod cli;
@@ -739,7 +740,16 @@ fn qwen2_q4_k_m_ppl_matches_reference() {
     check_reference_ppl("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf", None);
 }
 
+/// The first chunk of the SmolLM2 reference (512 tokens: 16.2659 within 0.5%), to keep CI lean.
 #[test]
+fn smollm2_q4_1_first_chunk_ppl_matches_reference() {
+    check_reference_ppl("SmolLM2-135M-Instruct.Q4_1.gguf", Some(1));
+}
+
+/// All four chunks (18.4904 within 0.5%; 18.4896 measured). About two minutes a chunk on lavapipe
+/// beside another test, so not in CI: `cargo test --release --test perplexity -- --ignored`.
+#[test]
+#[ignore = "minutes of prefill on a CPU device: run with --ignored"]
 fn smollm2_q4_1_ppl_matches_reference() {
     check_reference_ppl("SmolLM2-135M-Instruct.Q4_1.gguf", None);
 }

@@ -4,7 +4,11 @@
 //! The binary belongs to another package (glint-cli), so Cargo gives these tests no
 //! `CARGO_BIN_EXE_glint`. [`glint_bin`] runs `cargo build -p glint-cli --bin glint` once per test
 //! process, with the cargo and profile that built the test (a no-op when the binary is up to date), and
-//! returns target/<profile>/glint: the binary under test is always the current source.
+//! returns target/<profile>/glint: the binary under test is always the current source. The same command
+//! names the running test's own target too (`-p glint-suite --test NAME`, already built), so that Cargo
+//! resolves features as it did for the test build, dev-dependencies included: the binary links the
+//! glint-engine and wgpu already built for the tests instead of a second build of them (the dev-only
+//! `msl-out` feature of naga would otherwise change every crate above it; minutes on 2 cores).
 
 #![allow(dead_code)]
 
@@ -36,6 +40,13 @@ pub fn glint_bin() -> &'static Path {
             .and_then(|s| s.to_str())
             .unwrap_or("debug")
             .to_string();
+        // The test target's name: its executable is <name>-<hash>.
+        let test = exe
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.rsplit_once('-'))
+            .map(|(name, _)| name.to_string())
+            .expect("test executable named <test>-<hash>");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args([
@@ -45,6 +56,10 @@ pub fn glint_bin() -> &'static Path {
             "glint-cli",
             "--bin",
             "glint",
+            "-p",
+            "glint-suite",
+            "--test",
+            &test,
         ]);
         match profile.as_str() {
             "debug" => {}
