@@ -613,23 +613,11 @@ fn pipeline(
 
 impl Kernels {
     pub fn new(gpu: &Gpu, shapes: Shapes) -> Result<Self> {
-        let rows_per_wg = shapes.rows_per_wg();
-        if !(1..=8).contains(&shapes.block_tokens) {
-            return Err(Error::Gpu(format!(
-                "block_tokens {} must be 1..=8",
-                shapes.block_tokens
-            )));
-        }
-        if !LANE_ROWS.contains(&shapes.lane_rows)
-            || !rows_per_wg.is_multiple_of(shapes.lane_rows.max(2))
-        {
-            return Err(Error::Gpu(format!(
-                "lane_rows {} must be {} and, as 2 for the gate/up pairs, divide the {rows_per_wg} \
-                 rows of a matvec workgroup",
-                shapes.lane_rows,
-                lane_rows_list()
-            )));
-        }
+        // Whatever set them (the device's defaults, a tuning file, flags, a test), as a tuning
+        // file's are checked.
+        shapes
+            .check(&gpu.caps)
+            .map_err(|e| Error::Gpu(format!("kernel shapes: {e}")))?;
         let d = &gpu.device;
         let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
         let reduce = Some(shapes.reduce);
