@@ -316,9 +316,9 @@ EOF
 } >> "$R_FILE"
 
 # The sections measured by hand (their commands are in them: a sweep, depths, load times, the
-# half-block lab rows, the int8 matvec) are kept as they are, at the end.
+# half-block lab rows, the int8 matvec, quiet side-by-side reruns) are kept as they are, at the end.
 if [ -f "$OUT" ]; then
-    awk '/^## / { p = ($0 ~ /^## (Tuning|Long context|Load time|Batched decode|The int8 matvec)/) } p' "$OUT" > "$TMP/tuning.md"
+    awk '/^## / { p = ($0 ~ /^## (Tuning|Long context|Load time|Side by side|Batched decode|The int8 matvec)/) } p' "$OUT" > "$TMP/tuning.md"
     if [ -s "$TMP/tuning.md" ]; then
         echo >> "$R_FILE"
         cat "$TMP/tuning.md" >> "$R_FILE"
