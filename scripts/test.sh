@@ -12,7 +12,9 @@ export NODEVICE_SELECT=1
 cargo test --release --workspace
 # The tiny models of every family again on a second wgpu backend: OpenGL (Mesa's llvmpipe without a
 # GPU), so GL is run, not only translated by naga (tests/common asserts the adapter's backend).
-WGPU_BACKEND=gl cargo test --release --test tiny_models
+# --workspace: the features resolve as for the run above, so nothing is rebuilt (without it the
+# Hub client's TLS crates and the engine built again, minutes on 2 cores).
+WGPU_BACKEND=gl cargo test --release --workspace --test tiny_models
 # The kernel lab, quick: each case once, validated (a failed case exits non-zero).
 # The binary the tests drive (tests/common/cli.rs builds it the same way): named with a test target so
 # that Cargo resolves features as for the tests and links the engine already built (a no-op here).
