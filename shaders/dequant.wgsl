@@ -5,8 +5,9 @@
 // memory, no barriers.
 //
 // Requires from the kernel module:
-//   var<storage, read> w: array<u32>   the weights of one chunk, GPU layout of their format, rows
-//                                      consecutive, each row a whole number of blocks
+//   fn wd(i: u32) -> u32   word i of the weights of one chunk, GPU layout of their format, rows
+//                          consecutive, each row a whole number of blocks (the kernel's binding:
+//                          array<u32> in embed and matmul, array<vec4<u32>> in matvec_quant)
 // Every function takes the format `f` (a WFMT_* code from the prelude; the float formats are the
 // kernel's own business): kernels pass an override constant, so the compiler specialises each call; a
 // fused kernel over two stacked matrices of different formats passes either of its two constants.
@@ -35,7 +36,7 @@ fn dq_block_words(f: u32) -> u32 {
         case WFMT_Q5_0, WFMT_Q5_1: { return 6u; }
         case WFMT_Q4_K: { return 36u; }
         case WFMT_Q5_K: { return 44u; }
-        case WFMT_Q6_K: { return 53u; }
+        case WFMT_Q6_K: { return 56u; }
         default: { return 1u; }
     }
 }
@@ -55,20 +56,25 @@ fn dq_sext8(v: u32) -> i32 {
 
 // Byte b of the payload that starts at word `at`.
 fn dq_byte(at: u32, b: u32) -> u32 {
-    return (w[at + b / 4u] >> (8u * (b % 4u))) & 0xffu;
+    return (wd(at + b / 4u) >> (8u * (b % 4u))) & 0xffu;
 }
 
 // The 6-bit (scale, min) of sub-block j (0..8) of the Q4_K / Q5_K super-block at word bw: ggml's
 // get_scale_min_k4 over scales[12] = words bw+1 .. bw+3. Byte j % 4 of each of the three words holds
 // scales[j % 4], scales[4 + j % 4], scales[8 + j % 4].
 fn dq_scale_min_k4(bw: u32, j: u32) -> vec2<u32> {
+    return dq_scale_min_k4_of(vec4<u32>(0u, wd(bw + 1u), wd(bw + 2u), wd(bw + 3u)), j);
+}
+
+// dq_scale_min_k4 of the super-block whose words 0..4 are h.
+fn dq_scale_min_k4_of(h: vec4<u32>, j: u32) -> vec2<u32> {
     let sh = 8u * (j % 4u);
-    let b0 = (w[bw + 1u] >> sh) & 0xffu;
-    let b1 = (w[bw + 2u] >> sh) & 0xffu;
+    let b0 = (h.y >> sh) & 0xffu;
+    let b1 = (h.z >> sh) & 0xffu;
     if j < 4u {
         return vec2<u32>(b0 & 63u, b1 & 63u);
     }
-    let b2 = (w[bw + 3u] >> sh) & 0xffu;
+    let b2 = (h.w >> sh) & 0xffu;
     return vec2<u32>((b2 & 15u) | ((b0 >> 6u) << 4u), (b2 >> 4u) | ((b1 >> 6u) << 4u));
 }
 
@@ -84,25 +90,25 @@ fn dq_elem(f: u32, base: u32, i: u32) -> f32 {
         case WFMT_Q8_0: {
             // Q8_0: w0 = d; qs[32] from word 1.
             let e = i % 32u;
-            return f32(dq_sext8(dq_byte(bw + 1u, e))) * dq_lo16(w[bw]);
+            return f32(dq_sext8(dq_byte(bw + 1u, e))) * dq_lo16(wd(bw));
         }
         case WFMT_Q4_0, WFMT_Q4_1: {
             // Q4_0 / Q4_1: element e < 16 is the low nibble of qs[e], element e >= 16 the high nibble of qs[e - 16].
             let e = i % 32u;
             let q = (dq_byte(bw + 1u, e % 16u) >> (4u * (e / 16u))) & 15u;
             if f == WFMT_Q4_0 {
-                return f32(i32(q) - 8) * dq_lo16(w[bw]);
+                return f32(i32(q) - 8) * dq_lo16(wd(bw));
             }
-            return f32(q) * dq_lo16(w[bw]) + dq_hi16(w[bw]);
+            return f32(q) * dq_lo16(wd(bw)) + dq_hi16(wd(bw));
         }
         case WFMT_Q5_0, WFMT_Q5_1: {
             // Q5_0 / Q5_1: as Q4, bit e of qh (word 1) is bit 4 of element e; qs from word 2.
             let e = i % 32u;
-            let q = ((dq_byte(bw + 2u, e % 16u) >> (4u * (e / 16u))) & 15u) | (((w[bw + 1u] >> e) & 1u) << 4u);
+            let q = ((dq_byte(bw + 2u, e % 16u) >> (4u * (e / 16u))) & 15u) | (((wd(bw + 1u) >> e) & 1u) << 4u);
             if f == WFMT_Q5_0 {
-                return f32(i32(q) - 16) * dq_lo16(w[bw]);
+                return f32(i32(q) - 16) * dq_lo16(wd(bw));
             }
-            return f32(q) * dq_lo16(w[bw]) + dq_hi16(w[bw]);
+            return f32(q) * dq_lo16(wd(bw)) + dq_hi16(wd(bw));
         }
         case WFMT_Q4_K, WFMT_Q5_K: {
             // Q4_K / Q5_K: chunk c of 64 elements reads qs[32c ..]: low nibbles are sub-block 2c, high
@@ -112,8 +118,8 @@ fn dq_elem(f: u32, base: u32, i: u32) -> f32 {
             let h = (e / 32u) % 2u;
             let l = e % 32u;
             let sm = dq_scale_min_k4(bw, 2u * c + h);
-            let d = dq_lo16(w[bw]) * f32(sm.x);
-            let m = dq_hi16(w[bw]) * f32(sm.y);
+            let d = dq_lo16(wd(bw)) * f32(sm.x);
+            let m = dq_hi16(wd(bw)) * f32(sm.y);
             let qs = select(4u, 12u, f == WFMT_Q5_K);
             var q = (dq_byte(bw + qs, 32u * c + l) >> (4u * h)) & 15u;
             if f == WFMT_Q5_K {
@@ -132,10 +138,10 @@ fn dq_elem(f: u32, base: u32, i: u32) -> f32 {
             let hi = (dq_byte(bw + 32u, 32u * h + l) >> (2u * r)) & 3u;
             let q = i32(lo | (hi << 4u)) - 32;
             let s = dq_sext8(dq_byte(bw + 48u, e / 16u));
-            return dq_lo16(w[bw + 52u]) * f32(s) * f32(q);
+            return dq_lo16(wd(bw + 52u)) * f32(s) * f32(q);
         }
         default: {
-            return bitcast<f32>(w[base + i]);
+            return bitcast<f32>(wd(base + i));
         }
     }
 }
@@ -145,14 +151,14 @@ fn dq_elem(f: u32, base: u32, i: u32) -> f32 {
 fn w_elem(f: u32, base: u32, i: u32) -> f32 {
     switch f {
         case WFMT_F16: {
-            return unpack2x16float(w[base + i / 2u])[i % 2u];
+            return unpack2x16float(wd(base + i / 2u))[i % 2u];
         }
         case WFMT_BF16: {
-            let v = w[base + i / 2u];
+            let v = wd(base + i / 2u);
             return bitcast<f32>(select(v << 16u, v & 0xffff0000u, (i % 2u) == 1u));
         }
         case WFMT_F32: {
-            return bitcast<f32>(w[base + i]);
+            return bitcast<f32>(wd(base + i));
         }
         default: {
             return dq_elem(f, base, i);
@@ -172,17 +178,27 @@ fn w_elem(f: u32, base: u32, i: u32) -> f32 {
 // for the unsigned levels (0 .. 2^bits) of Q4_1 / Q5_1; Q8_0, Q4_0 and Q5_0 have offset 0 with their
 // signed (centred) levels.
 fn dq_affine32(f: u32, bw: u32) -> vec2<f32> {
-    let d = dq_lo16(w[bw]);
+    return dq_affine32_of(f, wd(bw));
+}
+
+// dq_affine32 of a block whose first word is h0.
+fn dq_affine32_of(f: u32, h0: u32) -> vec2<f32> {
+    let d = dq_lo16(h0);
     switch f {
-        case WFMT_Q4_1, WFMT_Q5_1: { return vec2<f32>(d, dq_hi16(w[bw])); }
+        case WFMT_Q4_1, WFMT_Q5_1: { return vec2<f32>(d, dq_hi16(h0)); }
         default: { return vec2<f32>(d, 0.0); }
     }
 }
 
 // (scale, offset) of sub-block j of the Q4_K / Q5_K super-block at word bw: (d * sc, -dmin * m).
 fn dq_affine_k4(bw: u32, j: u32) -> vec2<f32> {
-    let sm = dq_scale_min_k4(bw, j);
-    return vec2<f32>(dq_lo16(w[bw]) * f32(sm.x), -(dq_hi16(w[bw]) * f32(sm.y)));
+    return dq_affine_k4_of(vec4<u32>(wd(bw), wd(bw + 1u), wd(bw + 2u), wd(bw + 3u)), j);
+}
+
+// dq_affine_k4 of the super-block whose words 0..4 are h.
+fn dq_affine_k4_of(h: vec4<u32>, j: u32) -> vec2<f32> {
+    let sm = dq_scale_min_k4_of(h, j);
+    return vec2<f32>(dq_lo16(h.x) * f32(sm.x), -(dq_hi16(h.x) * f32(sm.y)));
 }
 
 // The 4 bytes of v as unsigned levels.

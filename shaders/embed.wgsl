@@ -22,6 +22,12 @@ override WFMT: u32 = 0u;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> tokens: array<u32>;
 @group(0) @binding(3) var<storage, read> w: array<u32>;
+
+// Word i of the weights (what dequant.wgsl's decoders read).
+fn wd(i: u32) -> u32 {
+    return w[i];
+}
+
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 
 @compute @workgroup_size(64)

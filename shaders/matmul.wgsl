@@ -35,6 +35,12 @@ const BK: u32 = 32u;
 @group(0) @binding(0) var<uniform> p: MatParams;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> w: array<u32>;
+
+// Word i of the weights (what dequant.wgsl's decoders read).
+fn wd(i: u32) -> u32 {
+    return w[i];
+}
+
 @group(0) @binding(3) var<storage, read> x: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;

@@ -20,12 +20,9 @@
 @group(0) @binding(8) var<storage, read> xq: array<u32>;
 @group(0) @binding(9) var<storage, read> xd: array<vec4<f32>>;
 
-// Integer sums of the current half-unit's lo and hi elements, per (row, token) as acc.
-var<private> ilo: array<i32, MAX_RPI * TOK>;
-var<private> ihi: array<i32, MAX_RPI * TOK>;
-// x of the TOK tokens: the current word's lo and hi bytes, and the unit's lo and hi blocks' xd.
-var<private> ql: array<u32, TOK>;
-var<private> qh: array<u32, TOK>;
+// x of the TOK tokens over the current unit: token t's bytes of quant word k at 16t + k (lo) and
+// 16t + 8 + k (hi), and the unit's lo and hi blocks' xd.
+var<private> xqu: array<u32, 16u * TOK>;
 var<private> dl: array<vec4<f32>, TOK>;
 var<private> dh: array<vec4<f32>, TOK>;
 
@@ -36,21 +33,18 @@ fn q8_centre(b: vec2<u32>, bits: u32) -> vec2<u32> {
     return (b + vec2<u32>(c)) ^ vec2<u32>(0x80808080u);
 }
 
-// Word k of the unit at bw (quarter q of a K-quant super-block) as signed byte levels: lo, hi.
-fn unit_levels(f: u32, bw: u32, q: u32, k: u32) -> vec2<u32> {
+// Word k of the unit `un` (matvec_quant's unit_fetch; quarter q of a K-quant super-block) as signed
+// byte levels: lo, hi.
+fn unit_levels(f: u32, un: Unit, q: u32, k: u32) -> vec2<u32> {
     switch f {
-        case WFMT_Q8_0: { return vec2<u32>(w[bw + 1u + k], w[bw + 5u + k]); }
-        case WFMT_Q4_0: { return q8_centre(dq_q4_bytes(w[bw + 1u + k]), 4u); }
-        case WFMT_Q5_0: { return q8_centre(dq_q5_bytes(w[bw + 2u + k], w[bw + 1u], k), 5u); }
-        case WFMT_Q6_K: {
-            let h = q / 2u;
-            let a = q % 2u;
-            return q8_centre(dq_q6k_bytes(w[bw + 16u * h + 8u * a + k], w[bw + 32u + 8u * h + k], a), 6u);
-        }
-        case WFMT_Q4_1: { return dq_q4_bytes(w[bw + 1u + k]); }
-        case WFMT_Q5_1: { return dq_q5_bytes(w[bw + 2u + k], w[bw + 1u], k); }
-        case WFMT_Q4_K: { return dq_q4_bytes(w[bw + 4u + 8u * q + k]); }
-        default: { return dq_q5k_bytes(w[bw + 12u + 8u * q + k], w[bw + 4u + k], q); }
+        case WFMT_Q8_0: { return vec2<u32>(un.a0[k], un.a1[k]); }
+        case WFMT_Q4_0: { return q8_centre(dq_q4_bytes(un.a0[k]), 4u); }
+        case WFMT_Q5_0: { return q8_centre(dq_q5_bytes(un.a0[k], un.h.y, k), 5u); }
+        case WFMT_Q6_K: { return q8_centre(dq_q6k_bytes(unit_a(un, k), unit_b(un, k), q % 2u), 6u); }
+        case WFMT_Q4_1: { return dq_q4_bytes(un.a0[k]); }
+        case WFMT_Q5_1: { return dq_q5_bytes(un.a0[k], un.h.y, k); }
+        case WFMT_Q4_K: { return dq_q4_bytes(unit_a(un, k)); }
+        default: { return dq_q5k_bytes(unit_a(un, k), unit_b(un, k), q); }
     }
 }
 
@@ -78,7 +72,8 @@ fn q8_offsets(f: u32, a: vec4<f32>, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
 }
 
 // matvec_quant's `accumulate` over the quantized x: the dot products of rows r0 .. r0 + RPI with the
-// tokens' x, into acc; the sums of squares (NORM) into ss.
+// tokens' x, into acc; the sums of squares (NORM) into ss. Per unit x is loaded once for all the rows,
+// per row the unit's words come from unit_fetch.
 fn accumulate_q8(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
     let row_words = (p.cols / dq_block_size(f)) * dq_block_words(f);
     let halves = q8_halves(f);
@@ -86,11 +81,6 @@ fn accumulate_q8(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
     let n_rr = min(RPI, p.rows - r0);
     for (var u = lane; u < p.cols / unit_elems(f); u = u + TPR) {
         let q = u % 4u;
-        for (var rr = 0u; rr < n_rr; rr = rr + 1u) {
-            let r = r0 + rr;
-            ubw[rr] = unit_word(f, seg_base + (r - seg_row0) * row_words, u);
-            uaff[rr] = unit_affine(f, ubw[rr], q);
-        }
         let xi = unit_x(f, u);
         // The blocks of the unit's lo and hi elements (the same block for the 32-element formats).
         let bl = xi / 8u;
@@ -102,37 +92,32 @@ fn accumulate_q8(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
             if NORM {
                 ss[t] = ss[t] + dl[t].z + select(dh[t].z, 0.0, bl == bh);
             }
-        }
-        for (var h = 0u; h < halves; h = h + 1u) {
-            for (var i = 0u; i < RPI * TOK; i = i + 1u) {
-                ilo[i] = 0;
-                ihi[i] = 0;
-            }
-            for (var k = h * hk; k < (h + 1u) * hk; k = k + 1u) {
-                for (var t = 0u; t < TOK; t = t + 1u) {
-                    ql[t] = xq[xbase[t] + xi + k];
-                    qh[t] = xq[xbase[t] + xi + k + ho(f)];
-                }
-                for (var rr = 0u; rr < n_rr; rr = rr + 1u) {
-                    let lv = unit_levels(f, ubw[rr], q, k);
-                    for (var t = 0u; t < TOK; t = t + 1u) {
-                        let i = rr * TOK + t;
-                        ilo[i] = ilo[i] + dot4I8Packed(lv.x, ql[t]);
-                        ihi[i] = ihi[i] + dot4I8Packed(lv.y, qh[t]);
-                    }
-                }
-            }
-            for (var rr = 0u; rr < n_rr; rr = rr + 1u) {
-                let s = q8_scales(f, uaff[rr], h);
-                for (var t = 0u; t < TOK; t = t + 1u) {
-                    let i = rr * TOK + t;
-                    acc[i] = acc[i] + s.x * dl[t].x * f32(ilo[i]) + s.y * dh[t].x * f32(ihi[i]);
-                }
+            for (var k = 0u; k < nk(f); k = k + 1u) {
+                xqu[16u * t + k] = xq[xbase[t] + xi + k];
+                xqu[16u * t + 8u + k] = xq[xbase[t] + xi + k + ho(f)];
             }
         }
         for (var rr = 0u; rr < n_rr; rr = rr + 1u) {
+            let un = unit_fetch(f, unit_word(f, seg_base + (r0 + rr - seg_row0) * row_words, u), q);
+            let a = unit_affine(f, un, q);
+            var s: array<f32, TOK>;
+            for (var h = 0u; h < halves; h = h + 1u) {
+                var il: array<i32, TOK>;
+                var ih: array<i32, TOK>;
+                for (var k = h * hk; k < (h + 1u) * hk; k = k + 1u) {
+                    let lv = unit_levels(f, un, q, k);
+                    for (var t = 0u; t < TOK; t = t + 1u) {
+                        il[t] = il[t] + dot4I8Packed(lv.x, xqu[16u * t + k]);
+                        ih[t] = ih[t] + dot4I8Packed(lv.y, xqu[16u * t + 8u + k]);
+                    }
+                }
+                let sc = q8_scales(f, a, h);
+                for (var t = 0u; t < TOK; t = t + 1u) {
+                    s[t] = s[t] + sc.x * dl[t].x * f32(il[t]) + sc.y * dh[t].x * f32(ih[t]);
+                }
+            }
             for (var t = 0u; t < TOK; t = t + 1u) {
-                acc[rr * TOK + t] = acc[rr * TOK + t] + q8_offsets(f, uaff[rr], dl[t], dh[t]);
+                acc[rr * TOK + t] = acc[rr * TOK + t] + s[t] + q8_offsets(f, a, dl[t], dh[t]);
             }
         }
     }

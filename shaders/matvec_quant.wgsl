@@ -17,8 +17,10 @@
 // Bindings (group 0):
 //   0 p     uniform  MatParams
 //   1 step  uniform  Step                   (n: tokens, or outputs for the LM head)
-//   2 w     storage  array<u32>        [rows, cols] of this chunk in the GPU layout of its format(s)
-//                                     (engine/src/quant.rs); cols % 32 == 0, and % 256 for the K-quants
+//   2 w     storage  array<vec4<u32>>  [rows, cols] of this chunk in the GPU layout of its format(s)
+//                                     (engine/src/quant.rs), padded to 16 bytes; the second format's
+//                                     rows from a multiple of 4 words; cols % 32 == 0, and % 256 for
+//                                     the K-quants
 //   3 x     storage  array<vec4<f32>>  [x rows, cols]
 //   4 bias  storage  array<f32>        [row_offset + rows]   (read only with LINEAR_BIAS)
 //   5 y     storage  array<f32>        [n, y_stride]: row r at column y_offset + row_offset + r (GLU: / 2)
@@ -26,9 +28,15 @@
 //   7 rows  storage  array<u32>        [n] x's row of each output (read only when GATHER)
 // Workgroup: WG / RPI invocations: (WG / TPR) / RPI row slots x TPR invocations (lanes) per slot, each
 // lane working on RPI consecutive rows, so a workgroup covers WG / TPR rows as in matvec.wgsl. A lane takes
-// whole units of its rows, striding by TPR; per unit it decodes each row's scales once, then per quant word
-// loads x of the TOK tokens once (as vec4) for all RPI rows: x, re-read per row and per token, is what
-// dominates on CPU devices. `row_sum` combines the TPR partial sums; no other barrier.
+// whole units of its rows, striding by TPR. One token per workgroup (decode, `accumulate`): per unit it
+// loads x once into registers for all RPI rows, then per row fetches the unit's words with a few vec4
+// loads (`unit_fetch`: 2 to 3 per 32-element block, 3 to 5 per K-quant quarter), decodes its scales
+// once and sums levels times x, the scales applied to the sums (`unit_combine`). On a CPU device each
+// load instruction is a loop over the subgroup's lanes whatever its width, so fewer, wider loads are
+// what a decode step saves (lavapipe: 1.5x tg). Blocks of tokens (`accumulate_blocks`): per quant word
+// x of the TOK tokens is loaded once for all the rows (x held for a whole unit and 8 tokens would be
+// hundreds of registers, which lavapipe takes minutes to compile). `row_sum` combines the TPR partial
+// sums; no other barrier.
 //   32-element formats (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1): a unit is one block, its scale (and min) decoded
 //     once. Each quant word gives 8 weights (Q8_0: two words of 4 signed bytes): scalar shifts and masks
 //     put one level per byte (Q5: the qh bits spread with a multiply), vector shifts unpack 4 bytes,
@@ -54,7 +62,13 @@ override GLU: bool = false;
 
 @group(0) @binding(0) var<uniform> p: MatParams;
 @group(0) @binding(1) var<uniform> step: Step;
-@group(0) @binding(2) var<storage, read> w: array<u32>;
+@group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
+
+// Word i of the weights (dequant.wgsl's decoders read single words through it).
+fn wd(i: u32) -> u32 {
+    return w[i >> 2u][i & 3u];
+}
+
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
@@ -69,10 +83,15 @@ var<private> acc: array<f32, MAX_RPI * TOK>;
 // Per token: the sum of x^2 (NORM) and x's first vec4 of the token's row.
 var<private> ss: array<f32, TOK>;
 var<private> xbase: array<u32, TOK>;
-// Per row: its unit's first word and the unit's affine map (unit_affine).
+// x of the TOK tokens over the current unit: token t's element vec4s of quant word k at 16t + k (lo)
+// and 16t + 8 + k (hi).
+var<private> xu: array<vec4<f32>, 16u * TOK>;
+// Per token: the sums of the unit's lo and hi elements of x (for the offsets of unit_combine).
+var<private> xsum: array<vec2<f32>, TOK>;
+// The blocks of tokens (TOK > 1, `accumulate_blocks`): per row its unit's first word and affine maps,
+// and x of the TOK tokens at the current word's lo and hi elements.
 var<private> ubw: array<u32, MAX_RPI>;
 var<private> uaff: array<vec4<f32>, MAX_RPI>;
-// x of the TOK tokens at the current word's low and high elements.
 var<private> xl: array<vec4<f32>, TOK>;
 var<private> xh: array<vec4<f32>, TOK>;
 
@@ -120,66 +139,219 @@ fn unit_x(f: u32, u: u32) -> u32 {
     return u * (unit_elems(f) / 4u);
 }
 
+// A unit's words, fetched with a few vec4 loads (on a CPU device every load instruction is a loop
+// over the subgroup's lanes, whatever its width): `h` the header words its affine maps come from, `a`
+// its 8 (32-element formats: 4) quant words of levels, `b` the 8 words of high bits of Q5_K / Q6_K;
+// `a0` and `a1` hold words 0..4 and 4..8.
+struct Unit {
+    h: vec4<u32>,
+    a0: vec4<u32>,
+    a1: vec4<u32>,
+    b0: vec4<u32>,
+    b1: vec4<u32>,
+}
+
+// Words s .. s + 4 of the 8 words x, y (s in 1..=4).
+fn window4(x: vec4<u32>, y: vec4<u32>, s: u32) -> vec4<u32> {
+    let r3 = select(y, vec4<u32>(x.w, y.xyz), s == 3u);
+    let r2 = select(r3, vec4<u32>(x.zw, y.xy), s == 2u);
+    return select(r2, vec4<u32>(x.yzw, y.x), s == 1u);
+}
+
+// The words of the unit at bw (quarter q of a super-block for the K-quants). Every matrix segment
+// starts on a multiple of 4 words (weights.rs, `stack_layout`) and rows are whole blocks, so the
+// K-quant blocks (36, 44 and, padded, 56 words: engine/src/quant.rs) are vec4-aligned and the 6-word
+// Q5 blocks start on an even word; the 5- and 9-word blocks take any alignment.
+fn unit_fetch(f: u32, bw: u32, q: u32) -> Unit {
+    let v = bw >> 2u;
+    let m = bw & 3u;
+    let z = vec4<u32>(0u);
+    switch f {
+        case WFMT_Q8_0: {
+            // d, qs[8]: words m .. m + 9 of three vec4s.
+            let x = w[v];
+            let y = w[v + 1u];
+            let e = w[v + 2u];
+            return Unit(vec4<u32>(x[m], 0u, 0u, 0u), window4(x, y, m + 1u), window4(y, e, m + 1u), z, z);
+        }
+        case WFMT_Q4_0, WFMT_Q4_1: {
+            // d (and m), qs[4]: words m .. m + 5 of two vec4s.
+            let x = w[v];
+            let y = w[v + 1u];
+            return Unit(vec4<u32>(x[m], 0u, 0u, 0u), window4(x, y, m + 1u), z, z, z);
+        }
+        case WFMT_Q5_0, WFMT_Q5_1: {
+            // d (and m), qh, qs[4]: words m .. m + 6 of two vec4s, m = 0 or 2.
+            let x = w[v];
+            let y = w[v + 1u];
+            let odd = m == 2u;
+            let h = select(x.xy, x.zw, odd);
+            return Unit(vec4<u32>(h, 0u, 0u), select(vec4<u32>(x.zw, y.xy), y, odd), z, z, z);
+        }
+        case WFMT_Q4_K: {
+            // d/dmin and scales (words 0..4), qs of quarter q (words 4 + 8q ..).
+            return Unit(w[v], w[v + 1u + 2u * q], w[v + 2u + 2u * q], z, z);
+        }
+        case WFMT_Q5_K: {
+            // d/dmin and scales (words 0..4), qh (4..12), qs of quarter q (12 + 8q ..).
+            return Unit(w[v], w[v + 3u + 2u * q], w[v + 4u + 2u * q], w[v + 1u], w[v + 2u]);
+        }
+        default: {
+            // Q6_K, quarter q = 2h + a: ql words 16h + 8a .., qh words 32 + 8h .., scales in words
+            // 48..52 (those of half h: 48 + 2h, 49 + 2h), d in word 52.
+            let hh = q / 2u;
+            let ql = v + 4u * hh + 2u * (q % 2u);
+            let qh = v + 8u + 2u * hh;
+            let sc = w[v + 12u];
+            let d = w[v + 13u].x;
+            let h = select(sc.xy, sc.zw, hh == 1u);
+            return Unit(vec4<u32>(h, d, 0u), w[ql], w[ql + 1u], w[qh], w[qh + 1u]);
+        }
+    }
+}
+
+// What the block path reads of the unit at bw per quant word k, with scalar loads: a Unit whose every
+// element of a (and b) holds the word(s) of k that unit_levels_f32 takes, and its qh (Q5_0, Q5_1).
+fn unit_fetch_k(f: u32, bw: u32, q: u32, k: u32) -> Unit {
+    let z = vec4<u32>(0u);
+    switch f {
+        case WFMT_Q8_0: {
+            return Unit(z, vec4<u32>(wd(bw + 1u + k)), vec4<u32>(wd(bw + 5u + k)), z, z);
+        }
+        case WFMT_Q4_0, WFMT_Q4_1: {
+            return Unit(z, vec4<u32>(wd(bw + 1u + k)), z, z, z);
+        }
+        case WFMT_Q5_0, WFMT_Q5_1: {
+            return Unit(vec4<u32>(0u, wd(bw + 1u), 0u, 0u), vec4<u32>(wd(bw + 2u + k)), z, z, z);
+        }
+        case WFMT_Q4_K: {
+            let a = vec4<u32>(wd(bw + 4u + 8u * q + k));
+            return Unit(z, a, a, z, z);
+        }
+        case WFMT_Q5_K: {
+            let a = vec4<u32>(wd(bw + 12u + 8u * q + k));
+            let b = vec4<u32>(wd(bw + 4u + k));
+            return Unit(z, a, a, b, b);
+        }
+        default: {
+            let hh = q / 2u;
+            let a = vec4<u32>(wd(bw + 16u * hh + 8u * (q % 2u) + k));
+            let b = vec4<u32>(wd(bw + 32u + 8u * hh + k));
+            return Unit(z, a, a, b, b);
+        }
+    }
+}
+
+// The header words of the unit at bw that unit_affine reads (`h` of unit_fetch), with scalar loads.
+fn unit_header(f: u32, bw: u32, q: u32) -> vec4<u32> {
+    switch f {
+        case WFMT_Q4_K, WFMT_Q5_K: {
+            return vec4<u32>(wd(bw), wd(bw + 1u), wd(bw + 2u), wd(bw + 3u));
+        }
+        case WFMT_Q6_K: {
+            let hh = q / 2u;
+            return vec4<u32>(wd(bw + 48u + 2u * hh), wd(bw + 49u + 2u * hh), wd(bw + 52u), 0u);
+        }
+        default: {
+            return vec4<u32>(wd(bw), 0u, 0u, 0u);
+        }
+    }
+}
+
+// Quant word k (0..8) of the unit's levels (a) and high bits (b).
+fn unit_a(un: Unit, k: u32) -> u32 {
+    return select(un.a1[k & 3u], un.a0[k & 3u], k < 4u);
+}
+
+fn unit_b(un: Unit, k: u32) -> u32 {
+    return select(un.b1[k & 3u], un.b0[k & 3u], k < 4u);
+}
+
 // The unit's affine maps, decoded once: weight = level * scale + offset.
 //   32-element blocks: (scale, offset, scale, offset) of the block (offset 0 with centred levels).
 //   Q4_K / Q5_K quarter c: (scale, offset) of sub-block 2c (lo), then of 2c + 1 (hi).
 //   Q6_K (no offset; a scale per 16 elements): lo and hi scales of words 0..4, then of words 4..8.
-fn unit_affine(f: u32, bw: u32, q: u32) -> vec4<f32> {
+fn unit_affine(f: u32, un: Unit, q: u32) -> vec4<f32> {
     switch f {
         case WFMT_Q4_K, WFMT_Q5_K: {
-            return vec4<f32>(dq_affine_k4(bw, 2u * q), dq_affine_k4(bw, 2u * q + 1u));
+            return vec4<f32>(dq_affine_k4_of(un.h, 2u * q), dq_affine_k4_of(un.h, 2u * q + 1u));
         }
         case WFMT_Q6_K: {
-            let h = q / 2u;
             let a = q % 2u;
-            let d = dq_lo16(w[bw + 52u]);
+            let d = dq_lo16(un.h.z);
             // scales[8h + 2a + (0, 1)] (quarter a) and scales[8h + 2a + 4 + (0, 1)] (quarter a + 2).
-            let s0 = w[bw + 48u + 2u * h] >> (16u * a);
-            let s1 = w[bw + 49u + 2u * h] >> (16u * a);
+            let s0 = un.h.x >> (16u * a);
+            let s1 = un.h.y >> (16u * a);
             return d * vec4<f32>(
                 f32(dq_sext8(s0)), f32(dq_sext8(s1)), f32(dq_sext8(s0 >> 8u)), f32(dq_sext8(s1 >> 8u)),
             );
         }
         default: {
-            let a = dq_affine32(f, bw);
+            let a = dq_affine32_of(f, un.h.x);
             return vec4<f32>(a, a);
         }
     }
 }
 
-// Word k of the unit at bw (quarter q of a super-block for the K-quants), as weights.
-fn unit_weights(f: u32, bw: u32, q: u32, k: u32, a: vec4<f32>) -> W8 {
+// Whether the format's affine maps have offsets (unsigned levels and a min).
+fn has_offset(f: u32) -> bool {
+    return f == WFMT_Q4_1 || f == WFMT_Q5_1 || f == WFMT_Q4_K || f == WFMT_Q5_K;
+}
+
+// Word k of the unit (quarter q of a super-block for the K-quants) as levels, before the affine map:
+// centred (Q8_0, Q4_0, Q5_0, Q6_K) or unsigned.
+fn unit_levels_f32(f: u32, un: Unit, q: u32, k: u32) -> W8 {
     switch f {
         case WFMT_Q8_0: {
-            return W8(dq_i8x4(w[bw + 1u + k]) * a.x, dq_i8x4(w[bw + 5u + k]) * a.x);
+            return W8(dq_i8x4(un.a0[k]), dq_i8x4(un.a1[k]));
         }
         case WFMT_Q4_0: {
-            let b = dq_q4_bytes(w[bw + 1u + k]);
-            return W8(dq_centered(b.x, 4u) * a.x, dq_centered(b.y, 4u) * a.x);
+            let b = dq_q4_bytes(un.a0[k]);
+            return W8(dq_centered(b.x, 4u), dq_centered(b.y, 4u));
         }
         case WFMT_Q5_0: {
-            let b = dq_q5_bytes(w[bw + 2u + k], w[bw + 1u], k);
-            return W8(dq_centered(b.x, 5u) * a.x, dq_centered(b.y, 5u) * a.x);
+            let b = dq_q5_bytes(un.a0[k], un.h.y, k);
+            return W8(dq_centered(b.x, 5u), dq_centered(b.y, 5u));
         }
         case WFMT_Q6_K: {
-            let h = q / 2u;
-            let sa = q % 2u;
-            let b = dq_q6k_bytes(w[bw + 16u * h + 8u * sa + k], w[bw + 32u + 8u * h + k], sa);
-            let s = select(a.xy, a.zw, k >= 4u);
-            return W8(dq_centered(b.x, 6u) * s.x, dq_centered(b.y, 6u) * s.y);
+            let b = dq_q6k_bytes(unit_a(un, k), unit_b(un, k), q % 2u);
+            return W8(dq_centered(b.x, 6u), dq_centered(b.y, 6u));
         }
         default: {
-            // Q4_1, Q5_1, Q4_K, Q5_K: unsigned levels and a min.
             var b: vec2<u32>;
             switch f {
-                case WFMT_Q4_1: { b = dq_q4_bytes(w[bw + 1u + k]); }
-                case WFMT_Q5_1: { b = dq_q5_bytes(w[bw + 2u + k], w[bw + 1u], k); }
-                case WFMT_Q4_K: { b = dq_q4_bytes(w[bw + 4u + 8u * q + k]); }
-                default: { b = dq_q5k_bytes(w[bw + 12u + 8u * q + k], w[bw + 4u + k], q); }
+                case WFMT_Q4_1: { b = dq_q4_bytes(un.a0[k]); }
+                case WFMT_Q5_1: { b = dq_q5_bytes(un.a0[k], un.h.y, k); }
+                case WFMT_Q4_K: { b = dq_q4_bytes(unit_a(un, k)); }
+                default: { b = dq_q5k_bytes(unit_a(un, k), unit_b(un, k), q); }
             }
-            return W8(fma(dq_ubytes(b.x), vec4<f32>(a.x), vec4<f32>(a.y)), fma(dq_ubytes(b.y), vec4<f32>(a.z), vec4<f32>(a.w)));
+            return W8(dq_ubytes(b.x), dq_ubytes(b.y));
         }
     }
+}
+
+// Word k of the unit as weights: its levels through the affine maps `a` (unit_affine).
+fn unit_weights(f: u32, un: Unit, q: u32, k: u32, a: vec4<f32>) -> W8 {
+    let lv = unit_levels_f32(f, un, q, k);
+    if f == WFMT_Q6_K {
+        let s = select(a.xy, a.zw, k >= 4u);
+        return W8(lv.lo * s.x, lv.hi * s.y);
+    }
+    return W8(fma(lv.lo, vec4<f32>(a.x), vec4<f32>(a.y)), fma(lv.hi, vec4<f32>(a.z), vec4<f32>(a.w)));
+}
+
+// A row's dot product over one unit from the sums of levels times x: `l` of the lo and `h` of the hi
+// elements, words 0..4 (.x) and 4..8 (.y), and xs the sums of x's lo and hi elements (the offsets'
+// share). Q6_K scales each run of 16 elements; the others one scale (and offset) per sub-block.
+fn unit_combine(f: u32, a: vec4<f32>, l: vec2<f32>, h: vec2<f32>, xs: vec2<f32>) -> f32 {
+    if f == WFMT_Q6_K {
+        return a.x * l.x + a.y * h.x + a.z * l.y + a.w * h.y;
+    }
+    var s = a.x * (l.x + l.y) + a.z * (h.x + h.y);
+    if has_offset(f) {
+        s = s + a.y * xs.x + a.w * xs.y;
+    }
+    return s;
 }
 
 // x's vec4 i of token t's row: scaled by the norm weight with NORM, whose x^2 it adds to ss[t].
@@ -193,16 +365,72 @@ fn x_load(t: u32, i: u32) -> vec4<f32> {
 }
 
 // The dot products of rows r0 .. r0 + RPI (format f; the segment's rows start at word `seg_base`, its
-// first row being `seg_row0`) with the tokens' x, into acc.
+// first row being `seg_row0`) with the tokens' x, into acc. Per unit x is loaded once for all the
+// rows (with its sums, for the formats with offsets); per row the unit's words come in a few vec4
+// loads, and its sums of levels times x stay in registers until the affine maps scale them.
 fn accumulate(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
+    if TOK > 1u {
+        accumulate_blocks(f, seg_base, seg_row0, r0, lane);
+        return;
+    }
     let row_words = (p.cols / dq_block_size(f)) * dq_block_words(f);
     let n_rr = min(RPI, p.rows - r0);
     for (var u = lane; u < p.cols / unit_elems(f); u = u + TPR) {
         let q = u % 4u;
+        let xi = unit_x(f, u);
+        for (var t = 0u; t < TOK; t = t + 1u) {
+            var xs = vec2<f32>(0.0);
+            for (var k = 0u; k < nk(f); k = k + 1u) {
+                let lo = x_load(t, xi + k);
+                let hi = x_load(t, xi + k + ho(f));
+                xu[16u * t + k] = lo;
+                xu[16u * t + 8u + k] = hi;
+                if has_offset(f) {
+                    xs = xs + vec2<f32>(dot(lo, vec4<f32>(1.0)), dot(hi, vec4<f32>(1.0)));
+                }
+            }
+            xsum[t] = xs;
+        }
         for (var rr = 0u; rr < n_rr; rr = rr + 1u) {
-            let r = r0 + rr;
-            ubw[rr] = unit_word(f, seg_base + (r - seg_row0) * row_words, u);
-            uaff[rr] = unit_affine(f, ubw[rr], q);
+            let un = unit_fetch(f, unit_word(f, seg_base + (r0 + rr - seg_row0) * row_words, u), q);
+            let a = unit_affine(f, un, q);
+            // Per token: sums of levels times x, lo and hi, of words 0..4 (.x) and 4..8 (.y).
+            var sl: array<vec2<f32>, TOK>;
+            var sh: array<vec2<f32>, TOK>;
+            for (var k = 0u; k < nk(f); k = k + 1u) {
+                let lv = unit_levels_f32(f, un, q, k);
+                for (var t = 0u; t < TOK; t = t + 1u) {
+                    let dl = dot(lv.lo, xu[16u * t + k]);
+                    let dh = dot(lv.hi, xu[16u * t + 8u + k]);
+                    if k < 4u {
+                        sl[t].x = sl[t].x + dl;
+                        sh[t].x = sh[t].x + dh;
+                    } else {
+                        sl[t].y = sl[t].y + dl;
+                        sh[t].y = sh[t].y + dh;
+                    }
+                }
+            }
+            for (var t = 0u; t < TOK; t = t + 1u) {
+                acc[rr * TOK + t] = acc[rr * TOK + t] + unit_combine(f, a, sl[t], sh[t], xsum[t]);
+            }
+        }
+    }
+}
+
+// `accumulate` over blocks of TOK > 1 tokens, in the other loop order: per unit each row's first word
+// and affine maps are kept in private arrays, then per quant word x of the TOK tokens is loaded once
+// for all the rows, and each row's word(s) with scalar loads. Keeping x of the whole unit for TOK tokens in registers (the one-token order) costs
+// lavapipe minutes of compile per pipeline.
+fn accumulate_blocks(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
+    let row_words = (p.cols / dq_block_size(f)) * dq_block_words(f);
+    let n_rr = min(RPI, p.rows - r0);
+    for (var u = lane; u < p.cols / unit_elems(f); u = u + TPR) {
+        let q = u % 4u;
+        let z = vec4<u32>(0u);
+        for (var rr = 0u; rr < n_rr; rr = rr + 1u) {
+            ubw[rr] = unit_word(f, seg_base + (r0 + rr - seg_row0) * row_words, u);
+            uaff[rr] = unit_affine(f, Unit(unit_header(f, ubw[rr], q), z, z, z, z), q);
         }
         let xi = unit_x(f, u);
         for (var k = 0u; k < nk(f); k = k + 1u) {
@@ -211,7 +439,7 @@ fn accumulate(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
                 xh[t] = x_load(t, xi + k + ho(f));
             }
             for (var rr = 0u; rr < n_rr; rr = rr + 1u) {
-                let wv = unit_weights(f, ubw[rr], q, k, uaff[rr]);
+                let wv = unit_weights(f, unit_fetch_k(f, ubw[rr], q, k), q, k, uaff[rr]);
                 for (var t = 0u; t < TOK; t = t + 1u) {
                     acc[rr * TOK + t] = acc[rr * TOK + t] + dot(wv.lo, xl[t]) + dot(wv.hi, xh[t]);
                 }

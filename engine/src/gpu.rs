@@ -505,21 +505,23 @@ impl Gpu {
     /// A storage buffer of `len` bytes that `fill` writes, in place where the device lets the host map
     /// a buffer at creation (no staging copy, no host-side buffer of the whole: stacked and
     /// interleaved weights are written part by part), else through a host buffer and
-    /// create_buffer_init. Checked against the device's binding limit.
+    /// create_buffer_init. Zero-padded to a multiple of 16 bytes, so that a kernel may bind it as
+    /// `array<vec4<u32>>` (matvec_quant.wgsl). Checked against the device's binding limit.
     pub fn storage_fill(
         &self,
         label: &str,
         len: usize,
         fill: impl FnOnce(wgpu::WriteOnly<'_, [u8]>),
     ) -> Result<wgpu::Buffer> {
-        self.check_binding(label, len as u64)?;
+        let padded = len.next_multiple_of(16);
+        self.check_binding(label, padded as u64)?;
         let usage = wgpu::BufferUsages::STORAGE
             | wgpu::BufferUsages::COPY_DST
             | wgpu::BufferUsages::COPY_SRC;
         if !self.caps.direct_upload || len == 0 {
-            let mut data = vec![0u8; len];
-            fill(data.as_mut_slice().into());
-            return self.create_checked(label, len as u64, || {
+            let mut data = vec![0u8; padded];
+            fill(data[..len].as_mut().into());
+            return self.create_checked(label, padded as u64, || {
                 self.device
                     .create_buffer_init(&wgpu::util::BufferInitDescriptor {
                         label: Some(label),
@@ -529,9 +531,8 @@ impl Gpu {
             });
         }
         // Mapped at creation with MAP_WRITE: wgpu maps the buffer's own memory (no staging buffer),
-        // the data is written once, in place. The size is padded to a multiple of 4 as
-        // create_buffer_init pads it.
-        let size = (len as u64).next_multiple_of(wgpu::COPY_BUFFER_ALIGNMENT);
+        // the data is written once, in place.
+        let size = padded as u64;
         let b = self.create_checked(label, size, || {
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),

@@ -27,7 +27,12 @@
 //! | Q5_1 | 6 | w0 = d \| m << 16; w1 = qh; w2..w5 = qs\[16\] (unchanged) |
 //! | Q4_K | 36 | unchanged: w0 = d \| dmin << 16; w1..w3 = scales\[12\]; w4..w35 = qs\[128\] |
 //! | Q5_K | 44 | unchanged: w0 = d \| dmin << 16; w1..w3 = scales; w4..w11 = qh\[32\]; w12..w43 = qs |
-//! | Q6_K | 53 | w0..w31 = ql\[128\]; w32..w47 = qh\[64\]; w48..w51 = scales\[16\] (i8); w52 = d |
+//! | Q6_K | 56 | w0..w31 = ql\[128\]; w32..w47 = qh\[64\]; w48..w51 = scales\[16\] (i8); w52 = d; w53..w55 = 0 |
+//!
+//! Q6_K's block is padded to 56 words (not 53) so that every block, and so each of its runs of 4
+//! words, is 16-byte aligned: the quantized matvec reads a unit's words as vec4 loads
+//! (matvec_quant.wgsl), 6 for a Q6_K quarter super-block where 53-word blocks took 9 and the
+//! shuffles to realign them.
 //!
 //! A row of `n` elements is `n / block_size` consecutive blocks ([`QuantType::gpu_row_words`]);
 //! rows are consecutive.
@@ -229,7 +234,7 @@ impl QuantType {
             QuantType::Q5_0 | QuantType::Q5_1 => 6,
             QuantType::Q4_K => 36,
             QuantType::Q5_K => 44,
-            QuantType::Q6_K => 53,
+            QuantType::Q6_K => 56,
         }
     }
 
@@ -253,8 +258,8 @@ impl QuantType {
         match self {
             // After the f16 `d`, so that the quants start on a word boundary.
             QuantType::Q8_0 | QuantType::Q4_0 | QuantType::Q5_0 => Some((2, 2)),
-            // After the trailing f16 `d`.
-            QuantType::Q6_K => Some((210, 2)),
+            // After the trailing f16 `d`, up to 56 words (16-byte aligned blocks).
+            QuantType::Q6_K => Some((210, 14)),
             _ => None,
         }
     }

@@ -34,7 +34,9 @@ pub struct Segment {
     pub format: QuantType,
     /// The first row in `format`.
     pub row: usize,
-    /// The word of the buffer where those rows start.
+    /// The word of the buffer where those rows start: a multiple of 4 (the first run is padded to
+    /// it), so that the quantized matvec's vec4 loads see the second run's blocks as they see a
+    /// buffer's first (matvec_quant.wgsl, `unit_fetch`).
     pub word: usize,
 }
 
@@ -80,10 +82,14 @@ impl Matrix {
             .map(|p| p.name.as_str())
             .collect::<Vec<_>>()
             .join("+");
-        let total: usize = parts.iter().map(|p| p.data.len()).sum();
+        let total = stacked_bytes(&shapes, second);
         let buffer = gpu.storage_fill(&name, total, |mut dst| {
             let mut at = 0;
             for p in parts {
+                if let Some(s) = second.filter(|s| s.format == p.format) {
+                    // The second run starts at its segment's word (after the first run's padding).
+                    at = at.max(s.word * 4);
+                }
                 dst.slice(at..at + p.data.len()).copy_from_slice(&p.data);
                 at += p.data.len();
             }
@@ -277,12 +283,29 @@ fn stack_layout(gpu: &Gpu, shapes: &[Shape], align: usize) -> Option<Option<Segm
             Some(Segment {
                 format: f,
                 row: rows,
-                word: words,
+                word: words.next_multiple_of(4),
             })
         }
     };
-    let total: u64 = shapes.iter().map(|s| bytes(s) as u64).sum();
+    let total = stacked_bytes(shapes, second) as u64;
     (total <= gpu.caps.max_storage_binding).then_some(second)
+}
+
+/// The bytes of matrices of `shapes` stacked with `second` (from `stack_layout`): the first run, its
+/// padding up to the second's word, the second run.
+fn stacked_bytes(shapes: &[Shape], second: Option<Segment>) -> usize {
+    let bytes = |s: &Shape| gpu_row_bytes(s.0, s.2) * s.1;
+    match second {
+        None => shapes.iter().map(bytes).sum(),
+        Some(seg) => {
+            seg.word * 4
+                + shapes
+                    .iter()
+                    .filter(|s| s.0 == seg.format)
+                    .map(bytes)
+                    .sum::<usize>()
+        }
+    }
 }
 
 /// The chunks (first row, rows) of a matrix of `shape`: equal, each a whole multiple of `align` rows
