@@ -9,7 +9,7 @@
 // NORM: quantize.wgsl scaled x by the norm weight; the sums of squares come from xd, the scale by
 // 1 / sqrt(mean(x^2) + eps) is the epilogue's, as in matvec_quant. No GATHER here: the quantize gathers.
 //
-// Bindings (group 0): matvec_quant.wgsl's 0 p, 1 step, 2 w, 4 bias, 5 y (x, g and rows are not read),
+// Bindings (group 0): matvec_quant.wgsl's 0 p, 1 step, 2 w, 4 bias, 5 y, 10 wu (x, g and rows are not read),
 // and
 //   8 xq  storage  array<u32>        [n, cols / 4]   x's rows as signed bytes (quantize.wgsl)
 //   9 xd  storage  array<vec4<f32>>  [n, cols / 32]  per block (d, d * sum(q), sum(x^2), 0)
@@ -23,6 +23,12 @@
 // x of the TOK tokens over the current unit: token t's bytes of quant word k at 16t + k (lo) and
 // 16t + 8 + k (hi), and the unit's lo and hi blocks' xd.
 var<private> xqu: array<u32, 16u * TOK>;
+// The blocks path (TOK > 1): integer sums of the current half-unit's lo and hi elements per (row,
+// token) as acc, and x's bytes at the current word.
+var<private> ilo: array<i32, MAX_RPI * TOK>;
+var<private> ihi: array<i32, MAX_RPI * TOK>;
+var<private> ql8: array<u32, TOK>;
+var<private> qh8: array<u32, TOK>;
 var<private> dl: array<vec4<f32>, TOK>;
 var<private> dh: array<vec4<f32>, TOK>;
 
@@ -75,6 +81,10 @@ fn q8_offsets(f: u32, a: vec4<f32>, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
 // tokens' x, into acc; the sums of squares (NORM) into ss. Per unit x is loaded once for all the rows,
 // per row the unit's words come from unit_fetch.
 fn accumulate_q8(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
+    if TOK > 1u {
+        accumulate_q8_blocks(f, seg_base, seg_row0, r0, lane);
+        return;
+    }
     let row_words = (p.cols / dq_block_size(f)) * dq_block_words(f);
     let halves = q8_halves(f);
     let hk = nk(f) / halves;
@@ -118,6 +128,66 @@ fn accumulate_q8(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
             }
             for (var t = 0u; t < TOK; t = t + 1u) {
                 acc[rr * TOK + t] = acc[rr * TOK + t] + s[t] + q8_offsets(f, a, dl[t], dh[t]);
+            }
+        }
+    }
+}
+
+// accumulate_q8 over blocks of TOK > 1 tokens, in matvec_quant's `accumulate_blocks` order: per quant
+// word x of the TOK tokens loaded once for all the rows, each row's word(s) with scalar loads.
+fn accumulate_q8_blocks(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
+    let row_words = (p.cols / dq_block_size(f)) * dq_block_words(f);
+    let halves = q8_halves(f);
+    let hk = nk(f) / halves;
+    let n_rr = min(RPI, p.rows - r0);
+    let z = vec4<u32>(0u);
+    for (var u = lane; u < p.cols / unit_elems(f); u = u + TPR) {
+        let q = u % 4u;
+        for (var rr = 0u; rr < n_rr; rr = rr + 1u) {
+            ubw[rr] = unit_word(f, seg_base + (r0 + rr - seg_row0) * row_words, u);
+            uaff[rr] = unit_affine(f, Unit(unit_header(f, ubw[rr], q), z, z, z, z), q);
+        }
+        let xi = unit_x(f, u);
+        let bl = xi / 8u;
+        let bh = (xi + ho(f)) / 8u;
+        for (var t = 0u; t < TOK; t = t + 1u) {
+            let db = xbase[t] / 8u;
+            dl[t] = xd[db + bl];
+            dh[t] = xd[db + bh];
+            if NORM {
+                ss[t] = ss[t] + dl[t].z + select(dh[t].z, 0.0, bl == bh);
+            }
+        }
+        for (var h = 0u; h < halves; h = h + 1u) {
+            for (var i = 0u; i < RPI * TOK; i = i + 1u) {
+                ilo[i] = 0;
+                ihi[i] = 0;
+            }
+            for (var k = h * hk; k < (h + 1u) * hk; k = k + 1u) {
+                for (var t = 0u; t < TOK; t = t + 1u) {
+                    ql8[t] = xq[xbase[t] + xi + k];
+                    qh8[t] = xq[xbase[t] + xi + k + ho(f)];
+                }
+                for (var rr = 0u; rr < n_rr; rr = rr + 1u) {
+                    let lv = unit_levels(f, unit_fetch_k(f, ubw[rr], q, k), q, k);
+                    for (var t = 0u; t < TOK; t = t + 1u) {
+                        let i = rr * TOK + t;
+                        ilo[i] = ilo[i] + dot4I8Packed(lv.x, ql8[t]);
+                        ihi[i] = ihi[i] + dot4I8Packed(lv.y, qh8[t]);
+                    }
+                }
+            }
+            for (var rr = 0u; rr < n_rr; rr = rr + 1u) {
+                let s = q8_scales(f, uaff[rr], h);
+                for (var t = 0u; t < TOK; t = t + 1u) {
+                    let i = rr * TOK + t;
+                    acc[i] = acc[i] + s.x * dl[t].x * f32(ilo[i]) + s.y * dh[t].x * f32(ihi[i]);
+                }
+            }
+        }
+        for (var rr = 0u; rr < n_rr; rr = rr + 1u) {
+            for (var t = 0u; t < TOK; t = t + 1u) {
+                acc[rr * TOK + t] = acc[rr * TOK + t] + q8_offsets(f, uaff[rr], dl[t], dh[t]);
             }
         }
     }

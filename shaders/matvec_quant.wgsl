@@ -26,6 +26,7 @@
 //   5 y     storage  array<f32>        [n, y_stride]: row r at column y_offset + row_offset + r (GLU: / 2)
 //   6 g     storage  array<vec4<f32>>  [cols] the norm weight (read only when NORM)
 //   7 rows  storage  array<u32>        [n] x's row of each output (read only when GATHER)
+//  10 wu    storage  array<u32>        the buffer of w again, as words (scalar loads: `wd`)
 // Workgroup: WG / RPI invocations: (WG / TPR) / RPI row slots x TPR invocations (lanes) per slot, each
 // lane working on RPI consecutive rows, so a workgroup covers WG / TPR rows as in matvec.wgsl. A lane takes
 // whole units of its rows, striding by TPR. One token per workgroup (decode, `accumulate`): per unit it
@@ -64,9 +65,13 @@ override GLU: bool = false;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> w: array<vec4<u32>>;
 
-// Word i of the weights (dequant.wgsl's decoders read single words through it).
+@group(0) @binding(10) var<storage, read> wu: array<u32>;
+
+// Word i of the weights (the block path and dequant.wgsl's decoders read single words through it): from
+// `wu`, the same buffer as words, since picking a word out of a vec4 by a computed index costs a CPU
+// device a whole vec4 load and its shuffles.
 fn wd(i: u32) -> u32 {
-    return w[i >> 2u][i & 3u];
+    return wu[i];
 }
 
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;

@@ -804,6 +804,12 @@ impl<'a> Graph<'a> {
                 (6, g),
                 (7, rows),
             ];
+            // The quantized matvecs also read the weights as words (binding 10, `wu`).
+            let quant = !FLOATS.contains(&w.format);
+            let mut bufs_q = bufs.to_vec();
+            if quant {
+                bufs_q.push((10, &c.buffer));
+            }
             // The int8 matvec reads xq and xd instead of x, g and rows.
             let bufs_x8: Vec<(u32, &wgpu::Buffer)> = match &scratch {
                 Some((xq, xd)) => vec![
@@ -814,8 +820,9 @@ impl<'a> Graph<'a> {
                     (5, y),
                     (8, xq),
                     (9, xd),
+                    (10, &c.buffer),
                 ],
-                None => bufs.to_vec(),
+                None => bufs_q.clone(),
             };
             let row_groups = (c.rows as u32).div_ceil(shapes.rows_per_wg());
             let detail = format!(
@@ -832,8 +839,8 @@ impl<'a> Graph<'a> {
                     LinearKernel::Tiled => (&bufs, "matmul"),
                     _ if int8.covers(k) && k == LinearKernel::Single => (&bufs_x8, "matvec_q8"),
                     _ if int8.covers(k) => (&bufs_x8, "matvec_q8_tok"),
-                    LinearKernel::Single => (&bufs, "matvec"),
-                    _ => (&bufs, "matvec_tok"),
+                    LinearKernel::Single => (&bufs_q, "matvec"),
+                    _ => (&bufs_q, "matvec_tok"),
                 };
                 let mut d = g.make(label, pipes[i].as_ref().expect("built"), b, grid);
                 d.detail = detail.clone();
