@@ -77,6 +77,21 @@ fn q8_offsets(f: u32, a: vec4<f32>, lo: vec4<f32>, hi: vec4<f32>) -> f32 {
     }
 }
 
+// The xd of the unit's lo and hi blocks (the same block for the 32-element formats) for each token,
+// into dl and dh, and their sums of squares into ss (NORM). xi: the unit's first vec4 of x (unit_x).
+fn q8_unit_xd(f: u32, xi: u32) {
+    let bl = xi / 8u;
+    let bh = (xi + ho(f)) / 8u;
+    for (var t = 0u; t < TOK; t = t + 1u) {
+        let db = xbase[t] / 8u;
+        dl[t] = xd[db + bl];
+        dh[t] = xd[db + bh];
+        if NORM {
+            ss[t] = ss[t] + dl[t].z + select(dh[t].z, 0.0, bl == bh);
+        }
+    }
+}
+
 // matvec_quant's `accumulate` over the quantized x: the dot products of rows r0 .. r0 + RPI with the
 // tokens' x, into acc; the sums of squares (NORM) into ss. Per unit x is loaded once for all the rows,
 // per row the unit's words come from unit_fetch.
@@ -92,16 +107,8 @@ fn accumulate_q8(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
     for (var u = lane; u < p.cols / unit_elems(f); u = u + TPR) {
         let q = u % 4u;
         let xi = unit_x(f, u);
-        // The blocks of the unit's lo and hi elements (the same block for the 32-element formats).
-        let bl = xi / 8u;
-        let bh = (xi + ho(f)) / 8u;
+        q8_unit_xd(f, xi);
         for (var t = 0u; t < TOK; t = t + 1u) {
-            let db = xbase[t] / 8u;
-            dl[t] = xd[db + bl];
-            dh[t] = xd[db + bh];
-            if NORM {
-                ss[t] = ss[t] + dl[t].z + select(dh[t].z, 0.0, bl == bh);
-            }
             for (var k = 0u; k < nk(f); k = k + 1u) {
                 xqu[16u * t + k] = xq[xbase[t] + xi + k];
                 xqu[16u * t + 8u + k] = xq[xbase[t] + xi + k + ho(f)];
@@ -148,16 +155,7 @@ fn accumulate_q8_blocks(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32
             uaff[rr] = unit_affine(f, Unit(unit_header(f, ubw[rr], q), z, z, z, z), q);
         }
         let xi = unit_x(f, u);
-        let bl = xi / 8u;
-        let bh = (xi + ho(f)) / 8u;
-        for (var t = 0u; t < TOK; t = t + 1u) {
-            let db = xbase[t] / 8u;
-            dl[t] = xd[db + bl];
-            dh[t] = xd[db + bh];
-            if NORM {
-                ss[t] = ss[t] + dl[t].z + select(dh[t].z, 0.0, bl == bh);
-            }
-        }
+        q8_unit_xd(f, xi);
         for (var h = 0u; h < halves; h = h + 1u) {
             for (var i = 0u; i < RPI * TOK; i = i + 1u) {
                 ilo[i] = 0;
