@@ -15,8 +15,8 @@
 // Two families of functions:
 //   - dq_elem(i): element i of the row-major matrix, with the operations of dequantize_gpu in the same
 //     order, so the value is bit-identical to the CPU reference (the embedding's contract; matmul's W tile).
-//   - group decoders, for dot products: once per block or sub-block its affine map (dq_affine32,
-//     dq_affine_k4: weight = level * scale + offset); per quant word, a few scalar operations gather its
+//   - group decoders, for dot products: once per block or sub-block its affine map (dq_affine32_of,
+//     dq_affine_k4_of: weight = level * scale + offset); per quant word, a few scalar operations gather its
 //     levels one per byte (dq_q4_bytes, dq_q5_bytes, dq_q5k_bytes, dq_q6k_bytes: 8 levels in two words),
 //     then dq_ubytes / dq_centered / dq_i8x4 unpack 4 levels into a vec4<f32> with vector shifts.
 
@@ -174,14 +174,9 @@ fn w_elem(f: u32, base: u32, i: u32) -> f32 {
 // byte, byte k holding element 4k (vec2: `x` the low-nibble elements of the word, `y` the high-nibble
 // ones). dq_ubytes / dq_centered then unpack the 4 bytes with vector shifts into vec4<f32>.
 
-// (scale, offset) of a 32-element block (format f: Q8_0 .. Q5_1) at word bw: element = level * scale + offset,
-// for the unsigned levels (0 .. 2^bits) of Q4_1 / Q5_1; Q8_0, Q4_0 and Q5_0 have offset 0 with their
-// signed (centred) levels.
-fn dq_affine32(f: u32, bw: u32) -> vec2<f32> {
-    return dq_affine32_of(f, wd(bw));
-}
-
-// dq_affine32 of a block whose first word is h0.
+// (scale, offset) of a 32-element block (format f: Q8_0 .. Q5_1) whose first word is h0: element =
+// level * scale + offset, for the unsigned levels (0 .. 2^bits) of Q4_1 / Q5_1; Q8_0, Q4_0 and Q5_0
+// have offset 0 with their signed (centred) levels.
 fn dq_affine32_of(f: u32, h0: u32) -> vec2<f32> {
     let d = dq_lo16(h0);
     switch f {
@@ -190,12 +185,8 @@ fn dq_affine32_of(f: u32, h0: u32) -> vec2<f32> {
     }
 }
 
-// (scale, offset) of sub-block j of the Q4_K / Q5_K super-block at word bw: (d * sc, -dmin * m).
-fn dq_affine_k4(bw: u32, j: u32) -> vec2<f32> {
-    return dq_affine_k4_of(vec4<u32>(wd(bw), wd(bw + 1u), wd(bw + 2u), wd(bw + 3u)), j);
-}
-
-// dq_affine_k4 of the super-block whose words 0..4 are h.
+// (scale, offset) of sub-block j of the Q4_K / Q5_K super-block whose words 0..4 are h: (d * sc,
+// -dmin * m).
 fn dq_affine_k4_of(h: vec4<u32>, j: u32) -> vec2<f32> {
     let sm = dq_scale_min_k4_of(h, j);
     return vec2<f32>(dq_lo16(h.x) * f32(sm.x), -(dq_hi16(h.x) * f32(sm.y)));

@@ -20,9 +20,9 @@
 @group(0) @binding(8) var<storage, read> xq: array<u32>;
 @group(0) @binding(9) var<storage, read> xd: array<vec4<f32>>;
 
-// x of the TOK tokens over the current unit: token t's bytes of quant word k at 16t + k (lo) and
-// 16t + 8 + k (hi), and the unit's lo and hi blocks' xd.
-var<private> xqu: array<u32, 16u * TOK>;
+// The one-token path (TOK = 1): x's bytes over the current unit, of quant word k at k (lo) and 8 + k
+// (hi); both paths: the unit's lo and hi blocks' xd per token.
+var<private> xqu: array<u32, 16>;
 // The blocks path (TOK > 1): integer sums of the current half-unit's lo and hi elements per (row,
 // token) as acc, and x's bytes at the current word.
 var<private> ilo: array<i32, MAX_RPI * TOK>;
@@ -93,8 +93,8 @@ fn q8_unit_xd(f: u32, xi: u32) {
 }
 
 // matvec_quant's `accumulate` over the quantized x: the dot products of rows r0 .. r0 + RPI with the
-// tokens' x, into acc; the sums of squares (NORM) into ss. Per unit x is loaded once for all the rows,
-// per row the unit's words come from unit_fetch.
+// token's x (TOK = 1; blocks of tokens take accumulate_q8_blocks), into acc; the sums of squares (NORM)
+// into ss. Per unit x is loaded once for all the rows, per row the unit's words come from unit_fetch.
 fn accumulate_q8(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
     if TOK > 1u {
         accumulate_q8_blocks(f, seg_base, seg_row0, r0, lane);
@@ -108,34 +108,26 @@ fn accumulate_q8(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
         let q = u % 4u;
         let xi = unit_x(f, u);
         q8_unit_xd(f, xi);
-        for (var t = 0u; t < TOK; t = t + 1u) {
-            for (var k = 0u; k < nk(f); k = k + 1u) {
-                xqu[16u * t + k] = xq[xbase[t] + xi + k];
-                xqu[16u * t + 8u + k] = xq[xbase[t] + xi + k + ho(f)];
-            }
+        for (var k = 0u; k < nk(f); k = k + 1u) {
+            xqu[k] = xq[xbase[0] + xi + k];
+            xqu[8u + k] = xq[xbase[0] + xi + k + ho(f)];
         }
         for (var rr = 0u; rr < n_rr; rr = rr + 1u) {
             let un = unit_fetch(f, unit_word(f, seg_base + (r0 + rr - seg_row0) * row_words, u), q);
             let a = unit_affine(f, un, q);
-            var s: array<f32, TOK>;
+            var s = 0.0;
             for (var h = 0u; h < halves; h = h + 1u) {
-                var il: array<i32, TOK>;
-                var ih: array<i32, TOK>;
+                var il = 0;
+                var ih = 0;
                 for (var k = h * hk; k < (h + 1u) * hk; k = k + 1u) {
                     let lv = unit_levels(f, un, q, k);
-                    for (var t = 0u; t < TOK; t = t + 1u) {
-                        il[t] = il[t] + dot4I8Packed(lv.x, xqu[16u * t + k]);
-                        ih[t] = ih[t] + dot4I8Packed(lv.y, xqu[16u * t + 8u + k]);
-                    }
+                    il = il + dot4I8Packed(lv.x, xqu[k]);
+                    ih = ih + dot4I8Packed(lv.y, xqu[8u + k]);
                 }
                 let sc = q8_scales(f, a, h);
-                for (var t = 0u; t < TOK; t = t + 1u) {
-                    s[t] = s[t] + sc.x * dl[t].x * f32(il[t]) + sc.y * dh[t].x * f32(ih[t]);
-                }
+                s = s + sc.x * dl[0].x * f32(il) + sc.y * dh[0].x * f32(ih);
             }
-            for (var t = 0u; t < TOK; t = t + 1u) {
-                acc[rr * TOK + t] = acc[rr * TOK + t] + s[t] + q8_offsets(f, a, dl[t], dh[t]);
-            }
+            acc[rr] = acc[rr] + s + q8_offsets(f, a, dl[0], dh[0]);
         }
     }
 }

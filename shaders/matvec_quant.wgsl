@@ -88,11 +88,9 @@ var<private> acc: array<f32, MAX_RPI * TOK>;
 // Per token: the sum of x^2 (NORM) and x's first vec4 of the token's row.
 var<private> ss: array<f32, TOK>;
 var<private> xbase: array<u32, TOK>;
-// x of the TOK tokens over the current unit: token t's element vec4s of quant word k at 16t + k (lo)
-// and 16t + 8 + k (hi).
-var<private> xu: array<vec4<f32>, 16u * TOK>;
-// Per token: the sums of the unit's lo and hi elements of x (for the offsets of unit_combine).
-var<private> xsum: array<vec2<f32>, TOK>;
+// The one-token path (`accumulate`, TOK = 1): x over the current unit, the element vec4s of quant word
+// k at k (lo) and 8 + k (hi).
+var<private> xu: array<vec4<f32>, 16>;
 // The blocks of tokens (TOK > 1, `accumulate_blocks`): per row its unit's first word and affine maps,
 // and x of the TOK tokens at the current word's lo and hi elements.
 var<private> ubw: array<u32, MAX_RPI>;
@@ -370,9 +368,10 @@ fn x_load(t: u32, i: u32) -> vec4<f32> {
 }
 
 // The dot products of rows r0 .. r0 + RPI (format f; the segment's rows start at word `seg_base`, its
-// first row being `seg_row0`) with the tokens' x, into acc. Per unit x is loaded once for all the
-// rows (with its sums, for the formats with offsets); per row the unit's words come in a few vec4
-// loads, and its sums of levels times x stay in registers until the affine maps scale them.
+// first row being `seg_row0`) with the token's x (TOK = 1; blocks of tokens take `accumulate_blocks`),
+// into acc. Per unit x is loaded once for all the rows (with its sums, for the formats with offsets);
+// per row the unit's words come in a few vec4 loads, and its sums of levels times x stay in registers
+// until the affine maps scale them.
 fn accumulate(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
     if TOK > 1u {
         accumulate_blocks(f, seg_base, seg_row0, r0, lane);
@@ -383,50 +382,44 @@ fn accumulate(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
     for (var u = lane; u < p.cols / unit_elems(f); u = u + TPR) {
         let q = u % 4u;
         let xi = unit_x(f, u);
-        for (var t = 0u; t < TOK; t = t + 1u) {
-            var xs = vec2<f32>(0.0);
-            for (var k = 0u; k < nk(f); k = k + 1u) {
-                let lo = x_load(t, xi + k);
-                let hi = x_load(t, xi + k + ho(f));
-                xu[16u * t + k] = lo;
-                xu[16u * t + 8u + k] = hi;
-                if has_offset(f) {
-                    xs = xs + vec2<f32>(dot(lo, vec4<f32>(1.0)), dot(hi, vec4<f32>(1.0)));
-                }
+        // The sums of the unit's lo and hi elements of x (the offsets' share, unit_combine).
+        var xs = vec2<f32>(0.0);
+        for (var k = 0u; k < nk(f); k = k + 1u) {
+            let lo = x_load(0u, xi + k);
+            let hi = x_load(0u, xi + k + ho(f));
+            xu[k] = lo;
+            xu[8u + k] = hi;
+            if has_offset(f) {
+                xs = xs + vec2<f32>(dot(lo, vec4<f32>(1.0)), dot(hi, vec4<f32>(1.0)));
             }
-            xsum[t] = xs;
         }
         for (var rr = 0u; rr < n_rr; rr = rr + 1u) {
             let un = unit_fetch(f, unit_word(f, seg_base + (r0 + rr - seg_row0) * row_words, u), q);
             let a = unit_affine(f, un, q);
-            // Per token: sums of levels times x, lo and hi, of words 0..4 (.x) and 4..8 (.y).
-            var sl: array<vec2<f32>, TOK>;
-            var sh: array<vec2<f32>, TOK>;
+            // Sums of levels times x, lo and hi, of words 0..4 (.x) and 4..8 (.y).
+            var sl = vec2<f32>(0.0);
+            var sh = vec2<f32>(0.0);
             for (var k = 0u; k < nk(f); k = k + 1u) {
                 let lv = unit_levels_f32(f, un, q, k);
-                for (var t = 0u; t < TOK; t = t + 1u) {
-                    let dl = dot(lv.lo, xu[16u * t + k]);
-                    let dh = dot(lv.hi, xu[16u * t + 8u + k]);
-                    if k < 4u {
-                        sl[t].x = sl[t].x + dl;
-                        sh[t].x = sh[t].x + dh;
-                    } else {
-                        sl[t].y = sl[t].y + dl;
-                        sh[t].y = sh[t].y + dh;
-                    }
+                let dl = dot(lv.lo, xu[k]);
+                let dh = dot(lv.hi, xu[8u + k]);
+                if k < 4u {
+                    sl.x = sl.x + dl;
+                    sh.x = sh.x + dh;
+                } else {
+                    sl.y = sl.y + dl;
+                    sh.y = sh.y + dh;
                 }
             }
-            for (var t = 0u; t < TOK; t = t + 1u) {
-                acc[rr * TOK + t] = acc[rr * TOK + t] + unit_combine(f, a, sl[t], sh[t], xsum[t]);
-            }
+            acc[rr] = acc[rr] + unit_combine(f, a, sl, sh, xs);
         }
     }
 }
 
 // `accumulate` over blocks of TOK > 1 tokens, in the other loop order: per unit each row's first word
 // and affine maps are kept in private arrays, then per quant word x of the TOK tokens is loaded once
-// for all the rows, and each row's word(s) with scalar loads. Keeping x of the whole unit for TOK tokens in registers (the one-token order) costs
-// lavapipe minutes of compile per pipeline.
+// for all the rows, and each row's word(s) with scalar loads. Keeping x of the whole unit for TOK
+// tokens in registers (the one-token order) costs lavapipe minutes of compile per pipeline.
 fn accumulate_blocks(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
     let row_words = (p.cols / dq_block_size(f)) * dq_block_words(f);
     let n_rr = min(RPI, p.rows - r0);
