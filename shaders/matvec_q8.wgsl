@@ -15,7 +15,9 @@
 //   9 xd  storage  array<vec4<f32>>  [n, cols / 32]  per block (d, d * sum(q), sum(x^2), 0)
 // Workgroup and grid: as matvec_quant (WG / RPI invocations, TPR lanes per row slot, RPI rows per lane,
 // TOK tokens per workgroup). Appended to matvec_quant.wgsl's module (it uses its bindings, private arrays
-// and unit_* helpers), before linear_epilogue.wgsl, dequant.wgsl and the row_sum helper.
+// and unit_* helpers), before `accumulate_q8_tok` (accumulate_q8 for TOK = 1, accumulate_q8_blocks above;
+// composed by engine/src/kernels.rs), linear_epilogue.wgsl, dequant.wgsl and the row_sum helper.
+// Entry points: `matvec_q8` (one format) and `matvec_q8_stacked` (two), as matvec_quant's.
 
 @group(0) @binding(8) var<storage, read> xq: array<u32>;
 @group(0) @binding(9) var<storage, read> xd: array<vec4<f32>>;
@@ -96,10 +98,6 @@ fn q8_unit_xd(f: u32, xi: u32) {
 // token's x (TOK = 1; blocks of tokens take accumulate_q8_blocks), into acc; the sums of squares (NORM)
 // into ss. Per unit x is loaded once for all the rows, per row the unit's words come from unit_fetch.
 fn accumulate_q8(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
-    if TOK > 1u {
-        accumulate_q8_blocks(f, seg_base, seg_row0, r0, lane);
-        return;
-    }
     let row_words = (p.cols / dq_block_size(f)) * dq_block_words(f);
     let halves = q8_halves(f);
     let hk = nk(f) / halves;
@@ -183,23 +181,32 @@ fn accumulate_q8_blocks(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32
     }
 }
 
-@compute @workgroup_size(WG / RPI)
-fn matvec_q8(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let at = matvec_begin(wid, nwg, lid);
-    // xq's first word of each token's row (the quantize gathered already).
+// The invocation's place, with xbase[t] xq's first word of each token's row (the quantize gathered
+// already).
+fn matvec_q8_begin(inv: Invocation) -> Place {
+    let at = matvec_begin(inv);
     for (var t = 0u; t < TOK; t = t + 1u) {
         xbase[t] = xbase[t] * (p.cols / 4u);
     }
-    if at.r0 < p.rows {
-        if at.wg_row0 >= p.split {
-            accumulate_q8(WFMT2, p.seg_word, p.split, at.r0, at.lane);
-        } else {
-            accumulate_q8(WFMT, 0u, 0u, at.r0, at.lane);
-        }
+    return at;
+}
+
+// Every row in format WFMT.
+@compute @workgroup_size(WG / RPI)
+fn matvec_q8(inv: Invocation) {
+    let at = matvec_q8_begin(inv);
+    accumulate_q8_tok(WFMT, 0u, 0u, at.r0, at.lane);
+    matvec_end(at);
+}
+
+// A stacked matrix of two formats: rows from p.split in WFMT2, from word p.seg_word.
+@compute @workgroup_size(WG / RPI)
+fn matvec_q8_stacked(inv: Invocation) {
+    let at = matvec_q8_begin(inv);
+    if at.wg_row0 >= p.split {
+        accumulate_q8_tok(WFMT2, p.seg_word, p.split, at.r0, at.lane);
+    } else {
+        accumulate_q8_tok(WFMT, 0u, 0u, at.r0, at.lane);
     }
-    linear_epilogue(at.r0, at.t0, at.n_tok, lid, at.lane);
+    matvec_end(at);
 }

@@ -9,10 +9,12 @@
 //   GLU:    the rows come in (gate, up) pairs, interleaved at load: row 2i is gate row i, 2i + 1 up row
 //           i, and the output is y[t, y_offset + (row_offset + r) / 2] = silu(gate) * up (the MLP's
 //           SiLU-gated unit; no bias or accumulate). Needs RPI even.
-// Two formats (stacked matrices, e.g. q and k in Q5_0 with v in Q8_0 as one QKV matrix): rows below
-// p.split are in format WFMT from word 0 of w, rows from p.split on in WFMT2 from word p.seg_word. A
-// workgroup's rows are all in one segment (the host puts split on a multiple of WG / TPR), so the choice
-// is uniform and each branch is compiled for its constant format.
+// Entry points: `matvec_quant`, every row in format WFMT; `matvec_quant_stacked`, two formats (stacked
+// matrices, e.g. q and k in Q5_0 with v in Q8_0 as one QKV matrix): rows below p.split in WFMT from word
+// 0 of w, rows from p.split on in WFMT2 from word p.seg_word. A workgroup's rows are all in one segment
+// (the host puts split on a multiple of WG / TPR), so the choice is uniform and each branch is compiled
+// for its constant format; a one-format matrix takes the entry with one branch, since a driver compiles
+// both whatever the constants (lavapipe: pipeline time is the code it inlines).
 //
 // Bindings (group 0):
 //   0 p     uniform  MatParams
@@ -48,9 +50,12 @@
 //     the low and high nibbles of the same words, scale and min each) or quarters a and a + 2 of a
 //     Q6_K half (ql nibbles and 2 qh bits; a scale per 16 elements).
 // Grid: (row groups, laid out 2-D past 65535, ceil(n / TOK)).
-// Shared structs and WFMT_* codes come from the prelude (engine/src/uniforms.rs). Needs, appended at
-// pipeline creation, `linear_epilogue` (linear_epilogue.wgsl: the store, shared with matvec.wgsl),
-// dequant.wgsl, then `row_sum` from reduce_subgroup.wgsl or reduce_shared.wgsl.
+// Shared structs and WFMT_* codes come from the prelude (engine/src/uniforms.rs). Needs, composed by
+// engine/src/kernels.rs (matvec_module_source): before this file the constants TOK and MAX_RPI; after it
+// matvec_q8.wgsl, `accumulate_tok` (the loop order of TOK: `accumulate` for 1, `accumulate_blocks`
+// above, so that a pipeline carries one order), `linear_epilogue` (linear_epilogue.wgsl: the store,
+// shared with matvec.wgsl), dequant.wgsl, then `row_sum` from reduce_subgroup.wgsl or
+// reduce_shared.wgsl.
 
 override WFMT: u32 = WFMT_Q8_0;
 override WFMT2: u32 = WFMT_Q8_0;
@@ -373,10 +378,6 @@ fn x_load(t: u32, i: u32) -> vec4<f32> {
 // per row the unit's words come in a few vec4 loads, and its sums of levels times x stay in registers
 // until the affine maps scale them.
 fn accumulate(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
-    if TOK > 1u {
-        accumulate_blocks(f, seg_base, seg_row0, r0, lane);
-        return;
-    }
     let row_words = (p.cols / dq_block_size(f)) * dq_block_words(f);
     let n_rr = min(RPI, p.rows - r0);
     for (var u = lane; u < p.cols / unit_elems(f); u = u + TPR) {
@@ -446,22 +447,31 @@ fn accumulate_blocks(f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32) {
     }
 }
 
-// Where an invocation works: rows r0 .. r0 + RPI of the workgroup's rows from wg_row0, its lane, and
-// the workgroup's tokens t0 .. t0 + n_tok.
+// The builtins of every matvec_quant / matvec_q8 entry point.
+struct Invocation {
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+}
+
+// Where an invocation works: rows r0 .. r0 + RPI of the workgroup's rows from wg_row0, its lane (and
+// index lid in the workgroup), and the workgroup's tokens t0 .. t0 + n_tok.
 struct Place {
     wg_row0: u32,
     r0: u32,
     lane: u32,
+    lid: u32,
     t0: u32,
     n_tok: u32,
 }
 
-// The start of both entry points (matvec_quant, matvec_q8): the invocation's place, acc and ss zeroed,
-// xbase[t] the token row of token t. Tokens past the end compute on the last token (their sums are
-// never stored); rows past the end are skipped (accumulate stops at the last row, their sums stay 0).
-fn matvec_begin(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Place {
-    let wg_row0 = (wid.x + wid.y * nwg.x) * (WG / TPR);
-    let t0 = wid.z * TOK;
+// The start of every entry point (matvec_quant*, matvec_q8*): the invocation's place, acc and ss
+// zeroed, xbase[t] the token row of token t. Tokens past the end compute on the last token (their sums
+// are never stored); rows past the end are skipped (accumulate_tok does nothing from the last row on,
+// their sums stay 0).
+fn matvec_begin(inv: Invocation) -> Place {
+    let wg_row0 = (inv.wid.x + inv.wid.y * inv.nwg.x) * (WG / TPR);
+    let t0 = inv.wid.z * TOK;
     let n_tok = min(TOK, step.n - min(t0, step.n));
     let tok_last = max(n_tok, 1u) - 1u;
     for (var i = 0u; i < RPI * TOK; i = i + 1u) {
@@ -471,17 +481,19 @@ fn matvec_begin(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Place {
         ss[t] = 0.0;
         xbase[t] = t0 + min(t, tok_last);
     }
-    return Place(wg_row0, wg_row0 + (lid / TPR) * RPI, lid % TPR, t0, n_tok);
+    let lid = inv.lid;
+    return Place(wg_row0, wg_row0 + (lid / TPR) * RPI, lid % TPR, lid, t0, n_tok);
 }
 
-@compute @workgroup_size(WG / RPI)
-fn matvec_quant(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let at = matvec_begin(wid, nwg, lid);
-    // x's first vec4 of each token's row (GATHER: of its output's row).
+// The end of every entry point: the sums stored (linear_epilogue.wgsl).
+fn matvec_end(at: Place) {
+    linear_epilogue(at.r0, at.t0, at.n_tok, at.lid, at.lane);
+}
+
+// The invocation's place, with xbase[t] x's first vec4 of each token's row (GATHER: of its output's
+// row).
+fn matvec_quant_begin(inv: Invocation) -> Place {
+    let at = matvec_begin(inv);
     for (var t = 0u; t < TOK; t = t + 1u) {
         var row = xbase[t];
         if GATHER {
@@ -489,12 +501,25 @@ fn matvec_quant(
         }
         xbase[t] = row * (p.cols / 4u);
     }
-    if at.r0 < p.rows {
-        if at.wg_row0 >= p.split {
-            accumulate(WFMT2, p.seg_word, p.split, at.r0, at.lane);
-        } else {
-            accumulate(WFMT, 0u, 0u, at.r0, at.lane);
-        }
+    return at;
+}
+
+// Every row in format WFMT.
+@compute @workgroup_size(WG / RPI)
+fn matvec_quant(inv: Invocation) {
+    let at = matvec_quant_begin(inv);
+    accumulate_tok(WFMT, 0u, 0u, at.r0, at.lane);
+    matvec_end(at);
+}
+
+// A stacked matrix of two formats: rows from p.split in WFMT2, from word p.seg_word.
+@compute @workgroup_size(WG / RPI)
+fn matvec_quant_stacked(inv: Invocation) {
+    let at = matvec_quant_begin(inv);
+    if at.wg_row0 >= p.split {
+        accumulate_tok(WFMT2, p.seg_word, p.split, at.r0, at.lane);
+    } else {
+        accumulate_tok(WFMT, 0u, 0u, at.r0, at.lane);
     }
-    linear_epilogue(at.r0, at.t0, at.n_tok, lid, at.lane);
+    matvec_end(at);
 }

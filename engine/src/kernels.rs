@@ -101,6 +101,12 @@ pub enum MatvecModule {
 /// (linear_epilogue.wgsl) and the row reduction `reduce`. TOK and MAX_RPI are constants rather than
 /// overrides because they size the private arrays: a decode (TOK = 1) pipeline holds 1 token's sums,
 /// not 8 (on lavapipe a pipeline's compile time grows with them: 3x for 32 rows per lane).
+///
+/// The quantized module also gets its loop order for `tok`, `accumulate_tok` and `accumulate_q8_tok`:
+/// the one-token order (`accumulate`, `accumulate_q8`) or the blocks' (`accumulate_blocks`,
+/// `accumulate_q8_blocks`). A branch on TOK would leave both orders reachable from the entry points,
+/// and the driver inlines and compiles what is reachable before it drops the dead branch (lavapipe: a
+/// third of a warm start's pipeline time).
 pub fn matvec_module_source(kind: MatvecModule, max_rpi: u32, tok: u32, reduce: Reduce) -> String {
     let consts = format!("const MAX_RPI: u32 = {max_rpi}u;\nconst TOK: u32 = {tok}u;\n");
     match kind {
@@ -108,10 +114,20 @@ pub fn matvec_module_source(kind: MatvecModule, max_rpi: u32, tok: u32, reduce: 
             &format!("{consts}{MATVEC}\n{LINEAR_EPILOGUE}"),
             Some(reduce),
         ),
-        MatvecModule::Quant => compose_dequant(
-            &format!("{consts}{MATVEC_QUANT}\n{MATVEC_Q8}\n{LINEAR_EPILOGUE}"),
-            Some(reduce),
-        ),
+        MatvecModule::Quant => {
+            let order = if tok == 1 { "" } else { "_blocks" };
+            let args = "f: u32, seg_base: u32, seg_row0: u32, r0: u32, lane: u32";
+            let pass = "f, seg_base, seg_row0, r0, lane";
+            let orders = format!(
+                "// The loop order of TOK = {tok} (engine/src/kernels.rs, matvec_module_source).\n\
+                 fn accumulate_tok({args}) {{\n    if r0 < p.rows {{\n        accumulate{order}({pass});\n    }}\n}}\n\
+                 fn accumulate_q8_tok({args}) {{\n    if r0 < p.rows {{\n        accumulate_q8{order}({pass});\n    }}\n}}\n"
+            );
+            compose_dequant(
+                &format!("{consts}{MATVEC_QUANT}\n{MATVEC_Q8}\n{orders}\n{LINEAR_EPILOGUE}"),
+                Some(reduce),
+            )
+        }
     }
 }
 
@@ -552,6 +568,70 @@ struct Modules {
     rope: wgpu::ShaderModule,
     attention: wgpu::ShaderModule,
     quantize: wgpu::ShaderModule,
+    /// The explicit layouts of the quantized matvec and its int8 form.
+    matvec_quant_layout: wgpu::PipelineLayout,
+    matvec_q8_layout: wgpu::PipelineLayout,
+}
+
+/// The bindings of an explicit bind group layout, by how the kernels use them.
+struct Bindings {
+    uniform: &'static [u32],
+    read: &'static [u32],
+    read_write: &'static [u32],
+}
+
+/// The bindings of the quantized matvec (matvec_quant.wgsl's header: p, step | w, x, bias, g, rows,
+/// wu | y) and of its int8 form (matvec_q8.wgsl: p, step | w, bias, xq, xd, wu | y). Their pipelines
+/// take these explicit layouts rather than each its own automatic one, which would hold only what its
+/// entry point reads (the decode order reads w as vec4s, the blocks' as words).
+const MATVEC_QUANT_BINDINGS: Bindings = Bindings {
+    uniform: &[0, 1],
+    read: &[2, 3, 4, 6, 7, 10],
+    read_write: &[5],
+};
+const MATVEC_Q8_BINDINGS: Bindings = Bindings {
+    uniform: &[0, 1],
+    read: &[2, 4, 8, 9, 10],
+    read_write: &[5],
+};
+
+fn pipeline_layout(device: &wgpu::Device, label: &str, b: &Bindings) -> wgpu::PipelineLayout {
+    let buffer = |ty| wgpu::BindingType::Buffer {
+        ty,
+        has_dynamic_offset: false,
+        min_binding_size: None,
+    };
+    let kinds = [
+        (b.uniform, wgpu::BufferBindingType::Uniform),
+        (b.read, wgpu::BufferBindingType::Storage { read_only: true }),
+        (
+            b.read_write,
+            wgpu::BufferBindingType::Storage { read_only: false },
+        ),
+    ];
+    let mut entries: Vec<wgpu::BindGroupLayoutEntry> = kinds
+        .iter()
+        .flat_map(|&(bindings, ty)| {
+            bindings
+                .iter()
+                .map(move |&binding| wgpu::BindGroupLayoutEntry {
+                    binding,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: buffer(ty),
+                    count: None,
+                })
+        })
+        .collect();
+    entries.sort_by_key(|e| e.binding);
+    let group = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(label),
+        entries: &entries,
+    });
+    device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(label),
+        bind_group_layouts: &[Some(&group)],
+        immediate_size: 0,
+    })
 }
 
 /// The compute pipelines of the model graph. The small fixed kernels are built at once; the linear
@@ -591,10 +671,22 @@ fn pipeline(
     entry: &str,
     constants: &[(&str, f64)],
 ) -> wgpu::ComputePipeline {
+    pipeline_in(device, cache, None, m, entry, constants)
+}
+
+/// `pipeline` with an explicit layout (None: the layout wgpu derives from what the entry point reads).
+fn pipeline_in(
+    device: &wgpu::Device,
+    cache: Option<&wgpu::PipelineCache>,
+    layout: Option<&wgpu::PipelineLayout>,
+    m: &wgpu::ShaderModule,
+    entry: &str,
+    constants: &[(&str, f64)],
+) -> wgpu::ComputePipeline {
     let t = std::time::Instant::now();
     let p = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(entry),
-        layout: None,
+        layout,
         module: m,
         entry_point: Some(entry),
         compilation_options: wgpu::PipelineCompilationOptions {
@@ -628,6 +720,8 @@ impl Kernels {
             rope: module(d, "rope", &compose(ROPE, None)),
             attention: module(d, "attention", &compose(ATTENTION, None)),
             quantize: module(d, "quantize", &compose(QUANTIZE, None)),
+            matvec_quant_layout: pipeline_layout(d, "matvec_quant", &MATVEC_QUANT_BINDINGS),
+            matvec_q8_layout: pipeline_layout(d, "matvec_q8", &MATVEC_Q8_BINDINGS),
         };
         let norm_m = module(d, "rmsnorm", &compose(RMSNORM, reduce));
         let ew_m = module(d, "elementwise", &compose(ELEMENTWISE, None));
@@ -835,15 +929,27 @@ impl Kernels {
                     ("TPR", sh.tpr as f64),
                     ("RPI", rpi as f64),
                 ]);
-                let (kind, entry) = if FLOATS.contains(&s.format) {
-                    (MatvecModule::Float, "matvec")
+                // A stacked matrix of two formats takes the entry point with both segments' loops.
+                let stacked = s.format2 != s.format;
+                let (kind, entry, layout) = if FLOATS.contains(&s.format) {
+                    (MatvecModule::Float, "matvec", None)
                 } else if s.x8 {
-                    (MatvecModule::Quant, "matvec_q8")
+                    let e = if stacked {
+                        "matvec_q8_stacked"
+                    } else {
+                        "matvec_q8"
+                    };
+                    (MatvecModule::Quant, e, Some(&m.matvec_q8_layout))
                 } else {
-                    (MatvecModule::Quant, "matvec_quant")
+                    let e = if stacked {
+                        "matvec_quant_stacked"
+                    } else {
+                        "matvec_quant"
+                    };
+                    (MatvecModule::Quant, e, Some(&m.matvec_quant_layout))
                 };
                 let module = self.matvec_module(kind, tok);
-                pipeline(d, pc, &module, entry, &c)
+                pipeline_in(d, pc, layout, &module, entry, &c)
             }
         }
     }
