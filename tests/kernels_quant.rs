@@ -283,3 +283,96 @@ fn matvec_timing_by_format() {
         }
     }
 }
+
+/// A GGUF's padded formats reach the GPU in ggml's block layout and are repacked as they are written
+/// into the buffers (HostLayout::File): every upload path (chunked, stacked with a second format,
+/// interleaved) must leave exactly the bytes of the matrix repacked on the host first.
+#[test]
+fn file_layout_uploads_the_gpu_layout() {
+    use glint::weights::{HostLayout, HostMatrix, Matrix};
+    use std::borrow::Cow;
+    let Some(c) = ctx_with(|_| {}) else {
+        return;
+    };
+    let bytes_of = |m: &Matrix| -> Vec<u8> {
+        let row_bytes = gpu_row_bytes(m.format, m.cols);
+        let mut out = Vec::new();
+        for ch in &m.chunks {
+            let n = (ch.rows * row_bytes) as u64;
+            out.extend(
+                c.gpu
+                    .read_buffer(&ch.buffer, 0, n.next_multiple_of(16))
+                    .unwrap(),
+            );
+            out.truncate(out.len() - (n.next_multiple_of(16) - n) as usize);
+        }
+        out
+    };
+    let mut rng = Rng::new(17);
+    let cols = 512;
+    let pair = |rng: &mut Rng, f: QuantType, rows: usize| {
+        let file = glint::quant::quantize(f, &rng.vec(rows * cols, 0.5));
+        let gpu = glint::quant::repack_for_gpu_bytes(f, &file).into_owned();
+        let host = |data: Vec<u8>, layout| HostMatrix {
+            name: format!("w.{}", f.name()),
+            format: f,
+            rows,
+            cols,
+            data: Cow::Owned(data),
+            layout,
+        };
+        (host(file, HostLayout::File), host(gpu, HostLayout::Gpu))
+    };
+    for f in [
+        QuantType::Q8_0,
+        QuantType::Q4_0,
+        QuantType::Q5_0,
+        QuantType::Q6_K,
+    ] {
+        let rows = 96;
+        let (file, gpu) = pair(&mut rng, f, rows);
+        // Three chunks of 32 rows.
+        let chunk = (32 * gpu_row_bytes(f, cols)) as u64;
+        let a = Matrix::upload_chunked(&c.gpu, &file, chunk).unwrap();
+        let b = Matrix::upload_chunked(&c.gpu, &gpu, chunk).unwrap();
+        assert_eq!(a.chunks.len(), 3, "{f:?}");
+        assert_eq!(bytes_of(&a), bytes_of(&b), "{f:?} chunked");
+        assert_eq!(
+            bytes_of(&b),
+            gpu.data.as_ref(),
+            "{f:?} chunked, host layout"
+        );
+        let (file2, gpu2) = pair(&mut rng, f, rows);
+        let a = Matrix::upload_interleaved(&c.gpu, &file, &file2)
+            .unwrap()
+            .unwrap();
+        let b = Matrix::upload_interleaved(&c.gpu, &gpu, &gpu2)
+            .unwrap()
+            .unwrap();
+        assert_eq!(bytes_of(&a), bytes_of(&b), "{f:?} interleaved");
+        // Stacked after rows of another padded format (the second run from a multiple of 4 words).
+        let (first, first_gpu) = pair(&mut rng, QuantType::Q5_0, 64);
+        let align = c.k.shapes.segment_align();
+        let a = Matrix::upload_stacked(&c.gpu, &[first, file], align)
+            .unwrap()
+            .unwrap();
+        let b = Matrix::upload_stacked(&c.gpu, &[first_gpu, gpu], align)
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.second, b.second, "{f:?}");
+        let read = |m: &Matrix| {
+            let n = m.bytes();
+            c.gpu
+                .read_buffer(&m.chunks[0].buffer, 0, n.next_multiple_of(16))
+                .unwrap()
+        };
+        assert_eq!(read(&a), read(&b), "{f:?} stacked");
+    }
+    // A format whose blocks need no padding is never in the file layout.
+    let (mut file, _) = pair(&mut rng, QuantType::Q4_K, 32);
+    file.format = QuantType::Q4_K;
+    let e = Matrix::upload_chunked(&c.gpu, &file, u64::MAX)
+        .err()
+        .expect("an error");
+    assert!(e.to_string().contains("File layout"), "{e}");
+}

@@ -21,7 +21,7 @@ use crate::sampler::{
 };
 use crate::tokenizer::Tokenizer;
 use crate::tune::Tuning;
-use crate::weights::HostMatrix;
+use crate::weights::{HostLayout, HostMatrix};
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
@@ -419,7 +419,7 @@ impl WeightSource for Quantizing<'_> {
         if t != self.target {
             self.fallbacks.borrow_mut().push((name.to_string(), t));
         }
-        let f32s = crate::reference::decode_weights(m.format, &m.data);
+        let f32s = crate::reference::decode_weights(m.format, &m.gpu_data());
         let data = crate::reference::encode_weights(t, &f32s);
         Ok(HostMatrix {
             name: m.name,
@@ -427,6 +427,7 @@ impl WeightSource for Quantizing<'_> {
             rows,
             cols,
             data: Cow::Owned(data),
+            layout: HostLayout::Gpu,
         })
     }
     fn format(&self, name: &str, rows: usize, cols: usize) -> Result<QuantType> {

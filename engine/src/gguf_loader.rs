@@ -11,7 +11,7 @@ use crate::gguf::{Gguf, TensorInfo};
 use crate::model::WeightSource;
 use crate::quant;
 use crate::tokenizer::Tokenizer;
-use crate::weights::{HostMatrix, QuantType};
+use crate::weights::{HostLayout, HostMatrix, QuantType};
 use std::borrow::Cow;
 use std::path::Path;
 
@@ -279,7 +279,16 @@ impl WeightSource for GgufModel {
     fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<HostMatrix<'_>> {
         let f = &self.file;
         let (g, t) = self.matrix_tensor(name, rows, cols)?;
-        let mut data = quant::repack_for_gpu_bytes(t.ggml_type, f.tensor_data(t));
+        // Padded formats stay in the file's layout until they are written into the GPU buffer.
+        let layout = if quant::gpu_padded(t.ggml_type) {
+            HostLayout::File
+        } else {
+            HostLayout::Gpu
+        };
+        let mut data = match layout {
+            HostLayout::File => Cow::Borrowed(f.tensor_data(t)),
+            HostLayout::Gpu => quant::repack_for_gpu_bytes(t.ggml_type, f.tensor_data(t)),
+        };
         if self.cfg.family.gguf_qk_permuted {
             let heads = if g.ends_with(".attn_q.weight") {
                 Some(self.cfg.n_heads)
@@ -298,6 +307,7 @@ impl WeightSource for GgufModel {
             rows,
             cols,
             data,
+            layout,
         })
     }
 

@@ -535,17 +535,42 @@ pub fn repack_for_gpu_bytes(ty: QuantType, data: &[u8]) -> std::borrow::Cow<'_, 
             out.resize(data.len().next_multiple_of(4), 0);
             Cow::Owned(out)
         }
-        Some((at, pad)) => {
-            let bw = ty.gpu_block_words();
-            debug_assert_eq!(bb + pad, 4 * bw);
-            let mut out = Vec::with_capacity(data.len() / bb * 4 * bw);
-            for block in data.chunks_exact(bb) {
-                out.extend_from_slice(&block[..at]);
-                out.extend(std::iter::repeat_n(0u8, pad));
-                out.extend_from_slice(&block[at..]);
-            }
+        Some(_) => {
+            let mut out = Vec::with_capacity(data.len() / bb * 4 * ty.gpu_block_words());
+            repack_pieces(ty, data, |piece| out.extend_from_slice(piece));
             Cow::Owned(out)
         }
+    }
+}
+
+/// Whether the GPU layout inserts bytes into each block of `ty` (Q8_0, Q4_0, Q5_0, Q6_K), so that a
+/// file's blocks are not the GPU's.
+pub fn gpu_padded(ty: QuantType) -> bool {
+    ty.gpu_padding().is_some()
+}
+
+/// What `repack_for_gpu_bytes` makes of `data` (whole blocks of a padded format, [`gpu_padded`]),
+/// handed to `out` in order in pieces of at most 4 KiB, without a copy of the whole: the loader writes
+/// the pieces straight into a mapped GPU buffer, so a memory-mapped file is read once and copied once.
+///
+/// # Panics
+/// If `ty` is not padded or `data.len()` is not a whole number of blocks.
+pub fn repack_pieces(ty: QuantType, data: &[u8], mut out: impl FnMut(&[u8])) {
+    let (at, pad) = ty.gpu_padding().expect("a padded format");
+    let bb = ty.block_bytes();
+    let gb = 4 * ty.gpu_block_words();
+    debug_assert_eq!(bb + pad, gb);
+    assert!(data.len().is_multiple_of(bb), "whole {ty} blocks");
+    let mut buf = [0u8; 4096];
+    for group in data.chunks(buf.len() / gb * bb) {
+        let mut n = 0;
+        for block in group.chunks_exact(bb) {
+            buf[n..n + at].copy_from_slice(&block[..at]);
+            buf[n + at..n + at + pad].fill(0);
+            buf[n + at + pad..n + gb].copy_from_slice(&block[at..]);
+            n += gb;
+        }
+        out(&buf[..n]);
     }
 }
 

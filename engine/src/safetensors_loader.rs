@@ -2,7 +2,7 @@
 //! `model.safetensors.index.json`, memory-mapped; tensors are looked up by their transformers names.
 
 use crate::error::{Error, Result};
-use crate::weights::{HostMatrix, QuantType};
+use crate::weights::{HostLayout, HostMatrix, QuantType};
 use memmap2::Mmap;
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -156,6 +156,7 @@ impl SafetensorsWeights {
             rows,
             cols,
             data: Cow::Borrowed(self.bytes(e)),
+            layout: HostLayout::Gpu,
         })
     }
 

@@ -17,14 +17,61 @@ pub fn gpu_row_bytes(t: QuantType, cols: usize) -> usize {
     t.gpu_row_words(cols) * 4
 }
 
-/// A host-side matrix ready for upload: `rows` rows of `cols` elements, `data` in the GPU layout of
-/// `format`, row-major. Borrowed from a memory-mapped file where the file layout already matches.
+/// A host-side matrix ready for upload: `rows` rows of `cols` elements of `format`, row-major, `data`
+/// laid out as `layout` says. Borrowed from a memory-mapped file where it can be.
 pub struct HostMatrix<'a> {
     pub name: String,
     pub format: QuantType,
     pub rows: usize,
     pub cols: usize,
     pub data: std::borrow::Cow<'a, [u8]>,
+    pub layout: HostLayout,
+}
+
+/// How a [`HostMatrix`]'s data is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostLayout {
+    /// The GPU layout of its format (engine/src/quant.rs), copied as it is.
+    Gpu,
+    /// ggml's blocks of a padded format (`quant::gpu_padded`: a GGUF file's Q8_0, Q4_0, Q5_0, Q6_K),
+    /// put into the GPU layout as they are written into the buffer (`quant::repack_pieces`), so that
+    /// no host copy of the whole matrix is made.
+    File,
+}
+
+impl HostMatrix<'_> {
+    /// Bytes of one row of `data`.
+    fn host_row_bytes(&self) -> usize {
+        match self.layout {
+            HostLayout::Gpu => gpu_row_bytes(self.format, self.cols),
+            HostLayout::File => self.format.row_bytes(self.cols),
+        }
+    }
+
+    /// Rows `row ..` into `dst`, which holds a whole number of rows in the GPU layout.
+    fn write_rows(&self, row: usize, mut dst: wgpu::WriteOnly<'_, [u8]>) {
+        let n = dst.len() / gpu_row_bytes(self.format, self.cols);
+        let rb = self.host_row_bytes();
+        let src = &self.data[row * rb..(row + n) * rb];
+        match self.layout {
+            HostLayout::Gpu => dst.copy_from_slice(src),
+            HostLayout::File => {
+                let mut at = 0;
+                crate::quant::repack_pieces(self.format, src, |piece| {
+                    dst.slice(at..at + piece.len()).copy_from_slice(piece);
+                    at += piece.len();
+                });
+            }
+        }
+    }
+
+    /// The data in the GPU layout (a copy where it is the file's).
+    pub fn gpu_data(&self) -> std::borrow::Cow<'_, [u8]> {
+        match self.layout {
+            HostLayout::Gpu => std::borrow::Cow::Borrowed(&self.data),
+            HostLayout::File => crate::quant::repack_for_gpu_bytes(self.format, &self.data),
+        }
+    }
 }
 
 /// Where the rows of a stacked matrix's second format start (q and k in one format stacked with v in
@@ -90,8 +137,9 @@ impl Matrix {
                     // The second run starts at its segment's word (after the first run's padding).
                     at = at.max(s.word * 4);
                 }
-                dst.slice(at..at + p.data.len()).copy_from_slice(&p.data);
-                at += p.data.len();
+                let len = p.rows * gpu_row_bytes(p.format, p.cols);
+                p.write_rows(0, dst.slice(at..at + len));
+                at += len;
             }
         })?;
         Ok(Some(Self::stacked(name, &shapes, second, buffer)))
@@ -123,11 +171,7 @@ impl Matrix {
     /// gate and up as one matrix whose row pairs the GLU epilogue combines. Chunks hold whole pairs.
     /// None when the formats or shapes differ.
     pub fn upload_interleaved(gpu: &Gpu, a: &HostMatrix, b: &HostMatrix) -> Result<Option<Matrix>> {
-        if a.format != b.format
-            || a.rows != b.rows
-            || a.cols != b.cols
-            || a.data.len() != b.data.len()
-        {
+        if a.format != b.format || a.rows != b.rows || a.cols != b.cols || a.layout != b.layout {
             return Ok(None);
         }
         check_host(a)?;
@@ -137,14 +181,8 @@ impl Matrix {
         let fill = |row_start: usize, mut dst: wgpu::WriteOnly<'_, [u8]>| {
             for i in 0..dst.len() / row_bytes {
                 let r = row_start + i;
-                let src = if r.is_multiple_of(2) {
-                    &a.data
-                } else {
-                    &b.data
-                };
-                let at = (r / 2) * row_bytes;
-                dst.slice(i * row_bytes..(i + 1) * row_bytes)
-                    .copy_from_slice(&src[at..at + row_bytes]);
+                let src = if r.is_multiple_of(2) { a } else { b };
+                src.write_rows(r / 2, dst.slice(i * row_bytes..(i + 1) * row_bytes));
             }
         };
         let name = format!("{}|{}", a.name, b.name);
@@ -165,11 +203,8 @@ impl Matrix {
         max_chunk_bytes: u64,
         align: usize,
     ) -> Result<Matrix> {
-        let row_bytes = check_host(m)?;
-        let fill = |row_start: usize, mut dst: wgpu::WriteOnly<'_, [u8]>| {
-            let at = row_start * row_bytes;
-            dst.copy_from_slice(&m.data[at..at + dst.len()]);
-        };
+        check_host(m)?;
+        let fill = |row_start: usize, dst: wgpu::WriteOnly<'_, [u8]>| m.write_rows(row_start, dst);
         let shape = (m.format, m.rows, m.cols);
         Self::upload_rows(gpu, &m.name, shape, max_chunk_bytes, align, fill)
     }
@@ -326,13 +361,16 @@ fn chunk_rows(gpu: &Gpu, shape: Shape, max_chunk_bytes: u64, align: usize) -> Ve
 
 /// Check a host matrix's size and row length against its format; its row bytes.
 fn check_host(m: &HostMatrix) -> Result<usize> {
-    let row_bytes = gpu_row_bytes(m.format, m.cols);
-    if m.data.len() != row_bytes * m.rows {
+    let host_bytes = m.host_row_bytes();
+    if m.data.len() != host_bytes * m.rows
+        || (m.layout == HostLayout::File && !crate::quant::gpu_padded(m.format))
+    {
         return Err(Error::Model(format!(
-            "tensor '{}': {} bytes, expected {} for [{}, {}] {}",
+            "tensor '{}': {} bytes ({:?} layout), expected {} for [{}, {}] {}",
             m.name,
             m.data.len(),
-            row_bytes * m.rows,
+            m.layout,
+            host_bytes * m.rows,
             m.rows,
             m.cols,
             m.format.name()
@@ -347,7 +385,7 @@ fn check_host(m: &HostMatrix) -> Result<usize> {
             m.format.block_size()
         )));
     }
-    Ok(row_bytes)
+    Ok(gpu_row_bytes(m.format, m.cols))
 }
 
 /// A vector of f32 (norm weight, bias) on the GPU.

@@ -5,7 +5,7 @@ use glint::graph::{Graph, Linear, StepBuffers};
 use glint::kernels::{Kernels, Shapes};
 use glint::quant::QuantType;
 use glint::reference as r;
-use glint::weights::{gpu_row_bytes, HostMatrix, Matrix};
+use glint::weights::{gpu_row_bytes, HostLayout, HostMatrix, Matrix};
 use std::borrow::Cow;
 
 pub struct Ctx {
@@ -63,6 +63,7 @@ impl Ctx {
             rows,
             cols,
             data: Cow::Owned(bytes),
+            layout: HostLayout::Gpu,
         };
         Matrix::upload_chunked(&self.gpu, &hm, chunk).unwrap()
     }
@@ -167,6 +168,7 @@ pub fn host(
         rows,
         cols,
         data: Cow::Owned(bytes),
+        layout: HostLayout::Gpu,
     };
     (h, seen)
 }

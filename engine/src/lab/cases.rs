@@ -42,7 +42,7 @@ use crate::graph::{
 };
 use crate::kernels::{Int8, Kernels, KvType, Shapes};
 use crate::reference as r;
-use crate::weights::{gpu_row_bytes, HostMatrix, Matrix, QuantType};
+use crate::weights::{gpu_row_bytes, HostLayout, HostMatrix, Matrix, QuantType};
 use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::rc::Rc;
@@ -263,6 +263,7 @@ fn host_matrix(f: QuantType, rows: usize, cols: usize, bytes: Vec<u8>) -> HostMa
         rows,
         cols,
         data: Cow::Owned(bytes),
+        layout: HostLayout::Gpu,
     }
 }
 
