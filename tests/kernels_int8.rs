@@ -142,6 +142,11 @@ fn int8_matvec_workgroup_shapes() {
     for (lane_rows, shared) in [(1, false), (4, false), (8, false), (2, true)] {
         let Some(c) = ctx_int8(|s| {
             s.lane_rows = lane_rows;
+            // The device's default workgroup may hold fewer rows than lane_rows (4 with the shared
+            // reduction): widen it to hold exactly lane_rows rows.
+            if !s.rows_per_wg().is_multiple_of(lane_rows.max(2)) {
+                s.matvec_wg = s.tpr * lane_rows;
+            }
             if shared {
                 s.reduce = glint::kernels::Reduce::Shared;
                 s.tpr = 32;
